@@ -1,0 +1,11 @@
+"""indextts-fast: a fast, measured re-implementation of IndexTTS2 inference."""
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: F401  (re-exported: the public error types)
+    AudioError,
+    CheckpointError,
+    IndexTTSFastError,
+    ModelFolderError,
+    OptionError,
+)

@@ -1,0 +1,91 @@
+"""What the benchmarks share: timing, this machine's measured limits, tables and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+
+def timed(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of `repeat` calls of fn after `warmup` untimed ones (device-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def summary(times: Sequence[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
+
+
+def copy_bandwidth(n_bytes: int = 1 << 30, repeat: int = 5) -> float:
+    """Measured memory bandwidth in bytes/s of a large tensor copy (read + write counted)."""
+    src = torch.empty(n_bytes // 4, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    best = min(timed(lambda: dst.copy_(src), repeat))
+    return 2 * n_bytes / best
+
+
+def read_bandwidth(n_bytes: int = 1 << 30, repeat: int = 5) -> float:
+    """Measured streaming-read bandwidth in bytes/s (a sum over a large tensor)."""
+    src = torch.empty(n_bytes // 4, dtype=torch.float32).uniform_()
+    best = min(timed(lambda: src.sum(), repeat))
+    return n_bytes / best
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeat: int = 5) -> float:
+    """Measured matmul throughput in FLOP/s for square n×n matrices of this dtype."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    best = min(timed(lambda: a @ b, repeat))
+    return 2 * n ** 3 / best
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "load_avg_1m": load}
+
+
+def table(rows: Iterable[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Plain-text table. columns: (key, header, format spec)."""
+    rows = list(rows)
+    cells = [[format(r[k], f) if r.get(k) is not None else "-" for k, _, f in columns] for r in rows]
+    heads = [h for _, h, _ in columns]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
+    line = "  ".join(h.rjust(w) for h, w in zip(heads, widths))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)
+
+
+def write_json(path: str | Path, result: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"wrote {path}")

@@ -1,0 +1,47 @@
+"""The `indextts-fast` command line. Each command lives in its own module with
+`add_arguments(parser)` and `run(args) -> int`; modules keep heavy imports (torch) inside `run`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import IndexTTSFastError
+
+# command -> (module, one-line help). Order is the order of `indextts-fast --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check-parity": ("indextts_fast.parity.command", "check a reference folder's goldens against this implementation"),
+    "make-checkpoint": ("indextts_fast.makeckpt", "write a random-weight model folder in the official layout"),
+    "bench": ("indextts_fast.benchmarks", "time one stage on a full-size random model (gpt, s2mel, vocoder, text)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="indextts-fast", description="Fast, measured IndexTTS2 inference.")
+    parser.add_argument("--version", action="version", version=f"indextts-fast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except IndexTTSFastError as exc:
+        print(f"indextts-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
