@@ -11,6 +11,10 @@ from .errors import IndexTTSFastError
 
 # command -> (module, one-line help). Order is the order of `indextts-fast --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "synthesize": ("indextts_fast.commands.synthesize", "speak a text in a voice and write the audio"),
+    "speakers": ("indextts_fast.commands.speakers", "register, list, show and remove voices"),
+    "presets": ("indextts_fast.commands.presets", "list the named presets with every value"),
+    "profile": ("indextts_fast.commands.profile", "time every stage over N runs, presets side by side"),
     "check-parity": ("indextts_fast.parity.command", "check a reference folder's goldens against this implementation"),
     "make-checkpoint": ("indextts_fast.makeckpt", "write a random-weight model folder in the official layout"),
     "bench": ("indextts_fast.benchmarks", "time one stage on a full-size random model (gpt, s2mel, vocoder, text)"),

@@ -1,0 +1,60 @@
+"""Command-line commands over the Python API (one module per command: add_arguments + run)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..presets import FIELD_NAMES, Settings
+
+
+def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """--preset plus one --<field> override per Settings field."""
+    p.add_argument("--preset", default="baseline", help="named preset (see `indextts-fast presets`)")
+    g = p.add_argument_group("overrides (any preset field)")
+    defaults = Settings()
+    for name in FIELD_NAMES:
+        kind = type(getattr(defaults, name))
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            g.add_argument(flag, dest=name, type=_parse_bool, default=None, metavar="true|false")
+        else:
+            g.add_argument(flag, dest=name, type=kind, default=None)
+    g.add_argument("--cfg", dest="cfg_rate", type=float, default=None, help="alias of --cfg-rate")
+
+
+def settings_overrides(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def add_store_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="DIR", default=None,
+                   help="data folder of the speaker registry and caches (default: $INDEXTTS_FAST_HOME, "
+                        "else the user's cache dir)")
+
+
+def add_engine_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument("--model-dir", required=model_required, metavar="DIR", help="an IndexTTS2 model folder")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_store_argument(p)
+
+
+def open_store(args: argparse.Namespace):
+    from ..speakers import SpeakerStore, default_store_dir
+
+    return SpeakerStore(args.store or default_store_dir())
+
+
+def open_engine(args: argparse.Namespace, model_dir=None):
+    from ..pipeline import Engine
+
+    return Engine(model_dir or args.model_dir, device=args.device, threads=args.threads, store=open_store(args))

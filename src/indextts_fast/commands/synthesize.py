@@ -1,0 +1,57 @@
+"""Speak a text (or a text file) in a voice (an audio file, or a registered speaker) and write the audio."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import add_engine_arguments, add_settings_arguments, open_engine, settings_overrides
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_engine_arguments(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--voice", metavar="AUDIO", help="reference clip of the voice (wav/flac/ogg/mp3)")
+    who.add_argument("--speaker", metavar="ID", help="a speaker registered with `speakers add`")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text")
+    what.add_argument("--text-file", metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE", help="output audio: .wav, .flac or .ogg")
+    emo = p.add_argument_group("emotion")
+    emo.add_argument("--emotion-audio", metavar="AUDIO", help="a clip whose emotion to speak with")
+    emo.add_argument("--emotion-alpha", type=float, default=1.0, help="strength of the emotion, 0..1")
+    emo.add_argument("--emotion-vector", metavar="W,W,W,W,W,W,W,W",
+                     help="8 weights: happy,angry,sad,afraid,disgusted,melancholic,surprised,calm")
+    emo.add_argument("--emotion-random", action="store_true", help="random emotion-matrix rows (vector mode)")
+    add_settings_arguments(p)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--profile", action="store_true", help="print the stage timing table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import OptionError
+    from ..pipeline import Emotion
+
+    if args.text_file:
+        try:
+            text = Path(args.text_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise OptionError(f"cannot read text file {args.text_file}: {exc}") from exc
+    else:
+        text = args.text
+    vector = None
+    if args.emotion_vector:
+        try:
+            vector = [float(v) for v in args.emotion_vector.split(",")]
+        except ValueError as exc:
+            raise OptionError(f"--emotion-vector needs 8 comma-separated numbers: {exc}") from exc
+    emotion = Emotion(audio=args.emotion_audio, alpha=args.emotion_alpha, vector=vector, use_random=args.emotion_random)
+    engine = open_engine(args)
+    result = engine.synthesize(text, voice=args.voice, speaker_id=args.speaker, emotion=emotion, preset=args.preset,
+                               seed=args.seed, profile=args.profile, **settings_overrides(args))
+    out = result.save(args.out)
+    print(f"wrote {out}: {result.duration:.2f} s, {len(result.segments)} segment(s), seed {result.seed}, "
+          f"RTF {result.timings.rtf:.3f}")
+    if args.profile:
+        print(result.timings.table())
+    return 0

@@ -1,0 +1,372 @@
+"""The engine: load a model folder once, then synthesise text in a voice, stage by stage, timed.
+
+    engine = Engine("checkpoints/")                      # or Engine(folder, device="cuda", threads=2)
+    result = engine.synthesize("Hello there.", voice="me.wav", preset="aggressive", seed=1)
+    result.save("out.wav"); print(result.timings.table())
+
+Stages, as the official `infer_v2` runs them (SPEC-gpt.md, SPEC-s2mel.md): reference audio ->
+speaker conditioning (w2v-bert features, semantic prompt, style, prompt mel, GPT speaker latent), cached
+by audio content or by registered speaker_id; text -> segments; per segment: emotion vector, GPT codes
+(gpt_gen), latents (gpt_forward), S2Mel (s2mel), BigVGAN (bigvgan); segments joined with silence.
+Unlike the official code, the speaker latent and the emotion vector are computed once per request, not
+once per segment (identical values), and the cache is keyed by content, not by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import ModelFolder
+from .errors import AudioError, OptionError
+from .presets import Settings, resolve
+from .profiling import StageTimer, Timings
+
+SAMPLE_RATE = 22050
+PCM_SCALE = 32767.0
+CODES_TO_FRAMES = 1.72  # official: mel frames per semantic code
+
+
+@dataclass
+class SpeakerConditioning:
+    """Everything the pipeline derives from one reference clip (what the speaker registry stores)."""
+
+    spk_cond_emb: torch.Tensor  # (1, T, W) w2v-bert features, speaker path (22.05 kHz load -> 16 kHz)
+    emo_cond_emb: torch.Tensor  # (1, T', W) the same clip through the emotion path (16 kHz load)
+    semantic_codes: torch.Tensor  # (1, T) codec codes of spk_cond_emb
+    S_ref: torch.Tensor  # (1, T, W) codec vectors of those codes
+    ref_mel: torch.Tensor  # (1, 80, T_ref) prompt mel
+    style: torch.Tensor  # (1, 192) CAMPPlus style
+    prompt_condition: torch.Tensor  # (1, T_ref, C) length-regulated semantic prompt
+    spk_latent: torch.Tensor  # (1, 32, D) GPT speaker conditioning latent
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], device: torch.device | str = "cpu"):
+        missing = [k for k in cls.__dataclass_fields__ if k not in tensors]
+        if missing:
+            raise KeyError(f"speaker conditioning lacks {', '.join(missing)}")
+        return cls(**{k: tensors[k].to(device) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Emotion:
+    """Emotion control of a request: an emotion clip with alpha, or an 8-value vector (happy, angry, sad,
+    afraid, disgusted, melancholic, surprised, calm), or neither (the speaker clip is the emotion)."""
+
+    audio: Optional[str | Path] = None
+    alpha: float = 1.0
+    vector: Optional[Sequence[float]] = None
+    use_random: bool = False  # random rows of the emotion matrix instead of the nearest style
+
+    def __post_init__(self) -> None:
+        if self.audio is not None and self.vector is not None:
+            # Official behaviour: a vector wins and the emotion clip is discarded; we say so instead.
+            raise OptionError("give an emotion clip or an emotion vector, not both")
+        if self.vector is not None:
+            vec = list(self.vector)
+            if len(vec) != 8 or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in vec):
+                raise OptionError(f"an emotion vector has 8 finite numbers, got {self.vector!r}")
+            if any(v < 0 for v in vec):
+                raise OptionError(f"emotion vector weights must be >= 0, got {vec}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise OptionError(f"emotion alpha={self.alpha} is out of range: expected in [0, 1]")
+
+
+@dataclass
+class SegmentResult:
+    text_ids: list[int]
+    codes: torch.Tensor  # (1, N) after stop-code trimming
+    hit_max_mel_tokens: bool
+    wav_pcm: torch.Tensor  # (1, samples) float32 in 16-bit PCM scale, as the official code produces
+
+
+@dataclass
+class SynthesisResult:
+    audio: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    timings: Timings
+    settings: Settings
+    seed: int
+    segments: list[SegmentResult] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def save(self, path: str | Path) -> Path:
+        """Write wav (16-bit PCM, as the official code), flac (16-bit) or ogg (vorbis), by extension."""
+        import soundfile as sf
+
+        path = Path(path)
+        formats = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
+        if path.suffix.lower() not in formats:
+            raise OptionError(f"cannot write {path.name}: choose a .wav, .flac or .ogg file name")
+        fmt, subtype = formats[path.suffix.lower()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), self.audio, self.sample_rate, format=fmt, subtype=subtype)
+        return path
+
+
+def sha256_file(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"audio file not found: {p}")
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def decoding_options(settings: Settings, forced_codes: Optional[int] = None):
+    """The GPT decoding options of a request; `forced_codes` = exactly that many codes (stop suppressed)."""
+    from .decoding import DecodingOptions
+
+    return DecodingOptions(num_beams=settings.num_beams, do_sample=settings.do_sample, top_p=settings.top_p,
+                           top_k=settings.top_k, temperature=settings.temperature,
+                           repetition_penalty=settings.repetition_penalty, length_penalty=settings.length_penalty,
+                           max_mel_tokens=forced_codes or settings.max_mel_tokens, min_new_tokens=forced_codes or 0)
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_fresh(self, key):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return None
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class Engine:
+    """An IndexTTS2 model folder loaded once; `synthesize` runs requests against it."""
+
+    def __init__(self, model_dir: str | Path | ModelFolder, device: str = "cpu", threads: Optional[int] = None,
+                 store=None, cache_size: int = 16):
+        from . import audio, features
+        from .decoding import generate, trim_codes  # noqa: F401  (fail early if missing)
+        from .emotion import EmotionMatrices
+        from .models.bigvgan import BigVGAN
+        from .models.campplus import CAMPPlus
+        from .models.codec import SemanticCodec
+        from .models.gpt import load_gpt
+        from .models.s2mel import S2Mel
+        from .text import TextFrontEnd
+
+        if threads is not None:
+            if threads < 1:
+                raise OptionError(f"threads={threads} must be >= 1")
+            torch.set_num_threads(threads)
+        self.folder = model_dir if isinstance(model_dir, ModelFolder) else ModelFolder(model_dir)
+        self.device = torch.device(device)
+        self.store = store
+        self._audio = audio
+        self.text = TextFrontEnd(self.folder.bpe_model)
+        self.gpt = load_gpt(self.folder).to(self.device)
+        self.emotions = EmotionMatrices.from_folder(self.folder)
+        self.w2v = features.SemanticFeatures.from_folder(self.folder).to(self.device)
+        self.codec = SemanticCodec.from_folder(self.folder).to(self.device)
+        self.campplus = CAMPPlus.from_folder(self.folder).to(self.device)
+        self.s2mel = S2Mel.from_folder(self.folder).to(self.device)
+        self.vocoder = BigVGAN.from_folder(self.folder).to(self.device)
+        self.fingerprint = self.folder.fingerprint()
+        self._speakers = _LRU(cache_size)  # content hash or "id:<speaker_id>" -> SpeakerConditioning
+        self._emotions = _LRU(cache_size)  # content hash -> emo_cond_emb
+        self.extractions = 0  # how many times reference features were extracted (tests read it)
+
+    # ---- reference audio -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def extract_speaker(self, audio_path: str | Path) -> SpeakerConditioning:
+        """Run the whole reference-audio stage on a clip (no cache)."""
+        a = self._audio
+        self.extractions += 1
+        ref = a.load_reference(audio_path)
+        wav22k, wav16k = ref.wav22k.to(self.device), ref.wav16k.to(self.device)
+        spk_cond_emb = self.w2v(wav16k)
+        emo_cond_emb = self.w2v(a.load_emotion_audio(audio_path).to(self.device))
+        codes, S_ref = self.codec.quantize(spk_cond_emb)
+        ref_mel = a.mel_spectrogram(wav22k, self.folder.config.s2mel.preprocess_params.spect_params)
+        style = self.campplus(a.kaldi_fbank(wav16k)[None])
+        prompt_condition = self.s2mel.length_regulator(S_ref, torch.tensor([ref_mel.shape[-1]], device=self.device))
+        spk_latent = self.gpt.speaker_latent(spk_cond_emb)
+        return SpeakerConditioning(spk_cond_emb, emo_cond_emb, codes, S_ref, ref_mel, style,
+                                   prompt_condition, spk_latent)
+
+    def speaker(self, voice: str | Path | None = None, speaker_id: Optional[str] = None,
+                timer: Optional[StageTimer] = None) -> SpeakerConditioning:
+        """Speaker conditioning of an audio file (cached by content hash, in memory and in the store)
+        or of a registered speaker_id (memory, then the store; never re-extracted)."""
+        if (voice is None) == (speaker_id is None):
+            raise OptionError("give exactly one of a voice audio file or a registered speaker_id")
+        if speaker_id is not None:
+            key = f"id:{speaker_id}"
+            cond = self._speakers.get_fresh(key)
+            if cond is None:
+                if self.store is None:
+                    raise OptionError(f"speaker {speaker_id!r}: this engine has no speaker store")
+                cond = SpeakerConditioning.from_tensors(self.store.get(speaker_id, self.fingerprint), self.device)
+                self._speakers.put(key, cond)
+            if timer:
+                timer.timings.speaker_cache = "hit"
+            return cond
+        digest = sha256_file(voice)
+        cond = self._speakers.get_fresh(digest)
+        if cond is None and self.store is not None:
+            cached = self.store.cache_get(digest, self.fingerprint)
+            cond = SpeakerConditioning.from_tensors(cached, self.device) if cached is not None else None
+        hit = cond is not None
+        if cond is None:
+            cond = self.extract_speaker(voice)
+            if self.store is not None:
+                self.store.cache_put(digest, self.fingerprint, cond.tensors())
+        self._speakers.put(digest, cond)
+        if timer:
+            timer.timings.speaker_cache = "hit" if hit else "miss"
+        return cond
+
+    def register_speaker(self, speaker_id: str, audio_path: str | Path, overwrite: bool = False):
+        """Extract a clip's conditioning once and store it under speaker_id (disk and memory)."""
+        if self.store is None:
+            raise OptionError("this engine has no speaker store to register into")
+        digest = sha256_file(audio_path)
+        cond = self.extract_speaker(audio_path)
+        record = self.store.put(speaker_id, cond.tensors(), audio_sha256=digest, model_fingerprint=self.fingerprint,
+                                source=str(audio_path), overwrite=overwrite)
+        self._speakers.put(f"id:{speaker_id}", cond)
+        return record
+
+    @torch.inference_mode()
+    def emotion_features(self, audio_path: str | Path) -> torch.Tensor:
+        digest = sha256_file(audio_path)
+        emb = self._emotions.get_fresh(digest)
+        if emb is None:
+            emb = self.w2v(self._audio.load_emotion_audio(audio_path).to(self.device))
+            self._emotions.put(digest, emb)
+        return emb
+
+    @torch.inference_mode()
+    def emotion_vector(self, spk: SpeakerConditioning, emotion: Emotion) -> torch.Tensor:
+        """The (1, D) emotion vector added to the GPT conditioning (SPEC-gpt.md section 5)."""
+        from .emotion import emovec_from_weights
+
+        if emotion.vector is not None:
+            rng = random.Random(0) if emotion.use_random else None
+            mat, total = emovec_from_weights(list(emotion.vector), spk.style, self.emotions, emotion.alpha,
+                                             emotion.use_random, rng)
+            base = self.gpt.merge_emovec(spk.spk_cond_emb, spk.emo_cond_emb, 1.0)
+            return mat + (1.0 - total) * base
+        if emotion.audio is not None:
+            return self.gpt.merge_emovec(spk.spk_cond_emb, self.emotion_features(emotion.audio), emotion.alpha)
+        return self.gpt.merge_emovec(spk.spk_cond_emb, spk.emo_cond_emb, 1.0)
+
+    # ---- synthesis -------------------------------------------------------------------------------
+    def synthesize(self, text: str, voice: str | Path | None = None, speaker_id: Optional[str] = None,
+                   emotion: Optional[Emotion] = None, preset: str = "baseline", settings: Optional[Settings] = None,
+                   seed: Optional[int] = None, profile: bool = False, forced_codes: Optional[int] = None,
+                   noise: Optional[Sequence[torch.Tensor]] = None, **overrides) -> SynthesisResult:
+        """Speak `text` in a voice (audio file) or a registered speaker_id.
+
+        preset + overrides (any `Settings` field) or a ready `settings`; `seed` makes the result
+        deterministic (drawn and reported when None); `profile` synchronises the device at stage
+        boundaries. `forced_codes` makes every segment generate exactly that many codes (the stop code
+        is suppressed; for timing random-weight models, which never stop). `noise` injects each
+        segment's CFM starting noise (1, 80, T_ref + T_target) (parity with the official goldens).
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise OptionError("text is empty: give something to say")
+        settings = settings.overridden(**overrides) if settings is not None else resolve(preset, overrides)
+        emotion = emotion or Emotion()
+        if forced_codes is not None and forced_codes < 1:
+            raise OptionError(f"forced_codes={forced_codes} must be >= 1")
+        seed = random.randrange(2**31) if seed is None else int(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        timer = StageTimer(self.device, synchronize=profile)
+        with torch.inference_mode():
+            with timer.stage("text"):
+                segments = self.text.segments_for_synthesis(text, settings.max_text_tokens_per_segment)
+            with timer.stage("speaker_cond"):
+                spk = self.speaker(voice, speaker_id, timer)
+            with timer.stage("emotion_cond"):
+                emovec = self.emotion_vector(spk, emotion)
+            results = []
+            for k, ids in enumerate(segments):
+                timer.new_segment()
+                seg_noise = noise[k] if noise is not None else None
+                results.append(self._segment(spk, ids, emovec, settings, gen, timer, forced_codes, seg_noise))
+        silence = torch.zeros(1, int(SAMPLE_RATE * settings.interval_silence_ms / 1000))
+        pieces = []
+        for k, seg in enumerate(results):
+            pieces += [silence] if k else []
+            pieces.append(seg.wav_pcm.cpu())
+        wav_pcm = torch.cat(pieces, dim=1)
+        audio = (wav_pcm[0] / PCM_SCALE).clamp(-1.0, 1.0).numpy().astype(np.float32)
+        timings = timer.finish(len(audio) / SAMPLE_RATE, sum(int(s.codes.shape[1]) for s in results))
+        if any(s.hit_max_mel_tokens for s in results) and forced_codes is None:
+            warnings.warn(f"generation stopped at max_mel_tokens ({settings.max_mel_tokens}) in "
+                          f"{sum(s.hit_max_mel_tokens for s in results)} segment(s): the speech may be cut; "
+                          "lower max_text_tokens_per_segment or raise max_mel_tokens", RuntimeWarning, stacklevel=2)
+        return SynthesisResult(audio, SAMPLE_RATE, timings, settings, seed, results)
+
+    def _segment(self, spk: SpeakerConditioning, ids: list[int], emovec: torch.Tensor, settings: Settings,
+                 gen: torch.Generator, timer: StageTimer, forced_codes: Optional[int],
+                 noise: Optional[torch.Tensor]) -> SegmentResult:
+        from .decoding import generate, trim_codes
+
+        text_ids = torch.tensor(ids, dtype=torch.int32, device=self.device)
+        options = decoding_options(settings, forced_codes)
+        stop = self.folder.config.gpt.stop_mel_token
+        with timer.stage("gpt_gen"):
+            generation = generate(self.gpt, spk.spk_latent, text_ids, emovec, options, generator=gen)
+        codes, code_lens, hit_max = trim_codes(generation.codes, stop)
+        with timer.stage("gpt_forward"):
+            latent = self.gpt.latents(spk.spk_latent, text_ids, codes, emovec)
+        with timer.stage("s2mel"):
+            vc_target = self._s2mel(spk, codes, latent, settings, gen, noise)
+        with timer.stage("bigvgan"):
+            wav = self.vocoder(vc_target).reshape(1, -1)
+            wav_pcm = (wav * PCM_SCALE).clamp(-PCM_SCALE, PCM_SCALE)
+        return SegmentResult(ids, codes, hit_max, wav_pcm)
+
+    def _s2mel(self, spk: SpeakerConditioning, codes: torch.Tensor, latent: torch.Tensor, settings: Settings,
+               gen: torch.Generator, noise: Optional[torch.Tensor]) -> torch.Tensor:
+        """Codes + latents -> the mel of the new speech (1, 80, T_target), prompt part removed."""
+        from .models.s2mel import target_length
+
+        s2 = self.s2mel
+        S_infer = self.codec.vq2emb(codes).transpose(1, 2) + s2.gpt_layer(latent)
+        target = torch.tensor([target_length(codes.shape[1])], device=self.device)
+        cond = s2.length_regulator(S_infer, target)
+        return self._s2mel_from_cond(spk, cond, settings, gen, noise)
+
+    def _s2mel_from_cond(self, spk: SpeakerConditioning, cond: torch.Tensor, settings: Settings,
+                         gen: Optional[torch.Generator], noise: Optional[torch.Tensor]) -> torch.Tensor:
+        cat = torch.cat([spk.prompt_condition, cond], dim=1)
+        t_ref = spk.ref_mel.shape[-1]
+        mel = self.s2mel.cfm.inference(cat, torch.tensor([cat.shape[1]], device=self.device), spk.ref_mel, spk.style,
+                                       settings.diffusion_steps, cfg_rate=settings.cfg_rate, noise=noise,
+                                       generator=gen)
+        return mel[:, :, t_ref:]
+
+    def clear_caches(self) -> None:
+        """Forget cached conditioning in memory (the store on disk is untouched)."""
+        self._speakers.clear()
+        self._emotions.clear()
