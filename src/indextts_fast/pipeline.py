@@ -189,7 +189,7 @@ class Engine:
         self.s2mel = S2Mel.from_folder(self.folder).to(self.device)
         self.vocoder = BigVGAN.from_folder(self.folder).to(self.device)
         self.fingerprint = self.folder.fingerprint()
-        self._speakers = _LRU(cache_size)  # content hash or "id:<speaker_id>" -> SpeakerConditioning
+        self._speakers = _LRU(cache_size)  # audio content hash -> SpeakerConditioning
         self._emotions = _LRU(cache_size)  # content hash -> emo_cond_emb
         self.extractions = 0  # how many times reference features were extracted (tests read it)
 
@@ -218,13 +218,10 @@ class Engine:
         if (voice is None) == (speaker_id is None):
             raise OptionError("give exactly one of a voice audio file or a registered speaker_id")
         if speaker_id is not None:
-            key = f"id:{speaker_id}"
-            cond = self._speakers.get_fresh(key)
-            if cond is None:
-                if self.store is None:
-                    raise OptionError(f"speaker {speaker_id!r}: this engine has no speaker store")
-                cond = SpeakerConditioning.from_tensors(self.store.get(speaker_id, self.fingerprint), self.device)
-                self._speakers.put(key, cond)
+            # The store keeps its own bounded memory LRU and notices overwrites by other processes.
+            if self.store is None:
+                raise OptionError(f"speaker {speaker_id!r}: this engine has no speaker store")
+            cond = SpeakerConditioning.from_tensors(self.store.get(speaker_id, self.fingerprint), self.device)
             if timer:
                 timer.timings.speaker_cache = "hit"
             return cond
@@ -251,7 +248,6 @@ class Engine:
         cond = self.extract_speaker(audio_path)
         record = self.store.put(speaker_id, cond.tensors(), audio_sha256=digest, model_fingerprint=self.fingerprint,
                                 source=str(audio_path), overwrite=overwrite)
-        self._speakers.put(f"id:{speaker_id}", cond)
         return record
 
     @torch.inference_mode()
