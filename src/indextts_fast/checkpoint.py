@@ -59,3 +59,27 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
     on_meta = any(t.is_meta for t in own.values())
     module.load_state_dict(converted, strict=True, assign=on_meta)
     return module
+
+
+# ---- weight norm (the official files use torch's old `weight_norm`, dim 0) -----------------------------
+def weight_norm_layout(module: nn.Module) -> nn.Module:
+    """Give `module` the on-disk layout of `torch.nn.utils.weight_norm(module)`: `weight` is replaced by
+    `weight_g` (the norm over every axis but the first, shape (out, 1, ...)) and `weight_v` (the direction).
+    The module can only be loaded/saved in this state; `fold_weight_norm` turns it back into a plain one."""
+    w = module._parameters.pop("weight")
+    g = torch.norm_except_dim(w.detach(), 2, 0)
+    module.register_parameter("weight_g", nn.Parameter(g))
+    module.register_parameter("weight_v", nn.Parameter(w.detach()))
+    return module
+
+
+def fold_weight_norm(root: nn.Module) -> nn.Module:
+    """Replace every (`weight_g`, `weight_v`) pair under `root` by the plain `weight` = g·v/‖v‖, computed
+    exactly as torch's `remove_weight_norm` does (`torch._weight_norm(v, g, 0)`)."""
+    for module in root.modules():
+        if "weight_g" in module._parameters and "weight_v" in module._parameters:
+            g, v = module._parameters.pop("weight_g"), module._parameters.pop("weight_v")
+            with torch.no_grad():
+                w = torch._weight_norm(v, g, 0)
+            module.register_parameter("weight", nn.Parameter(w, requires_grad=False))
+    return root

@@ -325,12 +325,13 @@ class Engine:
     def _segment(self, spk: SpeakerConditioning, ids: list[int], emovec: torch.Tensor, settings: Settings,
                  gen: torch.Generator, timer: StageTimer, forced_codes: Optional[int],
                  noise: Optional[torch.Tensor]) -> SegmentResult:
-        from .decoding import generate, trim_codes
+        from .decoding import MaxMelTokensWarning, generate, trim_codes
 
         text_ids = torch.tensor(ids, dtype=torch.int32, device=self.device)
         options = decoding_options(settings, forced_codes)
         stop = self.folder.config.gpt.stop_mel_token
-        with timer.stage("gpt_gen"):
+        with timer.stage("gpt_gen"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", MaxMelTokensWarning)  # one warning per request, in synthesize
             generation = generate(self.gpt, spk.spk_latent, text_ids, emovec, options, generator=gen)
         codes, code_lens, hit_max = trim_codes(generation.codes, stop)
         with timer.stage("gpt_forward"):
