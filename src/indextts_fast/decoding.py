@@ -1,0 +1,459 @@
+"""Autoregressive generation of mel codes with the IndexTTS2 GPT: our own loop over an explicit KV cache.
+
+Reproduces the official `inference_speech` + vendored HF `generate` (transformers 4.52.1) decisions
+(SPEC-gpt.md §8-§10): greedy, sampling, beam search and beam sampling (infer_v2's default), the logits
+processors in the official order, the beam scorer, stop/padding handling and infer_v2's stop-code trimming.
+Output-shaping official quirks are reproduced and named where they happen ("Official quirk").
+
+Speed (gpt-fast style): `prefill` and `decode_step` are separate functions; the prompt is run once with
+batch 1 and its keys/values are shared by all beams; generated keys/values are never copied when beams are
+reordered (each row keeps the list of cache slots of its ancestry, see `KVCache`).
+
+Public API:
+- `DecodingOptions(...)`: one validated, immutable set of options (defaults = infer_v2's).
+- `generate(model, spk_latent, text_ids, emovec, options, generator=None) -> Generation`
+- `trim_codes(codes, stop_token) -> (codes, code_lens, hit_max_tokens)`
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import OptionError
+from .models.gpt import UnifiedVoice, check_conditioning, check_ids
+
+
+class MaxMelTokensWarning(RuntimeWarning):
+    """Generation was cut at `max_mel_tokens` before a stop code (infer_v2 warns the same way)."""
+
+
+# ---- options -----------------------------------------------------------------------------------------
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How codes are chosen. Defaults are infer_v2's (beam sampling with 3 beams).
+
+    num_beams 1 + do_sample False: greedy; 1 + True: sampling; > 1 + False: beam search; > 1 + True: beam
+    sampling. temperature/top_k/top_p only act when do_sample is True (as in HF generate). top_k 0 and
+    top_p 1.0 disable those filters, repetition_penalty 1.0 and temperature 1.0 are no-ops.
+    min_new_tokens: the stop code is forbidden while fewer codes exist (HF's MinNewTokensLengthLogitsProcessor).
+    """
+
+    num_beams: int = 3
+    do_sample: bool = True
+    top_p: float = 0.8
+    top_k: int = 30
+    temperature: float = 0.8
+    repetition_penalty: float = 10.0
+    length_penalty: float = 0.0
+    max_mel_tokens: int = 1500
+    num_return_sequences: int = 1
+    min_new_tokens: int = 0
+
+    def __post_init__(self):
+        def bad(name: str, why: str):
+            raise OptionError(f"DecodingOptions.{name}={getattr(self, name)!r} is invalid: {why}")
+
+        if not _is_int(self.num_beams) or self.num_beams < 1:
+            bad("num_beams", "expected an integer >= 1")
+        if not isinstance(self.do_sample, bool):
+            bad("do_sample", "expected True or False")
+        if not _is_real(self.top_p) or not 0.0 <= self.top_p <= 1.0:
+            bad("top_p", "expected a number in [0, 1] (1.0 disables top-p)")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            bad("top_k", "expected an integer >= 0 (0 disables top-k)")
+        if not _is_real(self.temperature) or self.temperature <= 0:
+            bad("temperature", "expected a finite number > 0")
+        if not _is_real(self.repetition_penalty) or self.repetition_penalty <= 0:
+            bad("repetition_penalty", "expected a finite number > 0 (1.0 disables it)")
+        if not _is_real(self.length_penalty):
+            bad("length_penalty", "expected a finite number")
+        if not _is_int(self.max_mel_tokens) or self.max_mel_tokens < 1:
+            bad("max_mel_tokens", "expected an integer >= 1")
+        if not _is_int(self.min_new_tokens) or self.min_new_tokens < 0:
+            bad("min_new_tokens", "expected an integer >= 0")
+        if not _is_int(self.num_return_sequences) or self.num_return_sequences < 1:
+            bad("num_return_sequences", "expected an integer >= 1")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            bad("num_return_sequences", f"beam modes return at most num_beams={self.num_beams} hypotheses")
+        if self.num_beams == 1 and not self.do_sample and self.num_return_sequences != 1:
+            bad("num_return_sequences", "greedy decoding returns exactly one sequence")
+
+    @property
+    def mode(self) -> str:
+        if self.num_beams == 1:
+            return "sample" if self.do_sample else "greedy"
+        return "beam_sample" if self.do_sample else "beam_search"
+
+    @property
+    def min_tokens_to_keep(self) -> int:
+        # HF: top-k/top-p keep at least 1 + (number of stop ids) = 2 tokens in beam modes, else 1.
+        return 2 if self.num_beams > 1 else 1
+
+
+# ---- logits processors (row-wise, float32; HF transformers 4.52.1 semantics) ------------------------
+
+def apply_repetition_penalty(scores: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Every id present in the row's history once: score < 0 -> score·p, else score / p."""
+    picked = scores.gather(1, history)
+    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+    return scores.scatter(1, history, picked)
+
+
+def apply_top_k(scores: torch.Tensor, top_k: int, min_keep: int = 1) -> torch.Tensor:
+    """Scores strictly below the k'-th largest (k' = max(k, min_keep)) become -inf; ties are kept."""
+    k = min(max(top_k, min_keep), scores.shape[-1])
+    kth = torch.topk(scores, k)[0][..., -1, None]
+    return scores.masked_fill(scores < kth, -math.inf)
+
+
+def apply_top_p(scores: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.Tensor:
+    """Drop the tokens whose ascending cumulative probability is <= 1 - p, keeping the `min_keep` largest."""
+    sorted_scores, order = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -min_keep:] = False
+    return scores.masked_fill(remove.scatter(1, order, remove), -math.inf)
+
+
+def process_scores(scores: torch.Tensor, history: torch.Tensor, options: DecodingOptions, generated: int,
+                   stop_token: int) -> torch.Tensor:
+    """The official processor list, in its order: repetition penalty, min-new-tokens, then (sampling only)
+    temperature, top-k, top-p. `history`: the ids the penalty sees; `generated`: codes generated so far."""
+    if options.repetition_penalty != 1.0:
+        scores = apply_repetition_penalty(scores, history, options.repetition_penalty)
+    if generated < options.min_new_tokens:
+        scores = scores.clone()
+        scores[:, stop_token] = -math.inf
+    if options.do_sample:
+        if options.temperature != 1.0:
+            scores = scores / options.temperature
+        if options.top_k != 0:
+            scores = apply_top_k(scores, options.top_k, options.min_tokens_to_keep)
+        if options.top_p < 1.0:
+            scores = apply_top_p(scores, options.top_p, options.min_tokens_to_keep)
+    return scores
+
+
+# ---- KV cache, prefill and decode step ---------------------------------------------------------------
+
+class KVCache:
+    """Keys/values of one generation in one buffer per layer: the prompt part, then the generated part.
+
+    - prompt: the P + 1 prompt positions (conditioning, text, start code), computed once with batch 1 and
+      shared by every row (all beams start from the same prompt); left-padded positions are never attended.
+    - generated: at generation step t each of the S rows writes its key/value to slot P+1 + t·S + row. A
+      row's history is the list `slots[row, :t+1]` of the slots of its ancestors, so reordering beams only
+      reorders these small index lists, never the cached tensors.
+    A decode step attends with the S rows as S queries of one sequence over the whole buffer, each with a
+    boolean mask of its own prompt + ancestry slots: one attention call per layer, every cached key and
+    value read once whatever the number of beams, no copies.
+    """
+
+    def __init__(self, model: UnifiedVoice, rows: int, capacity: int):
+        blocks = model.gpt.h
+        attn = blocks[0].attn
+        p = next(model.parameters())
+        self.layers, self.heads, self.head_dim = len(blocks), attn.heads, attn.head_dim
+        self.rows, self.dtype, self.device = rows, p.dtype, p.device
+        self.steps_wanted = max(1, capacity)
+        self.prefix = 0                        # P + 1 once prefilled
+        self.prefix_valid: Optional[torch.Tensor] = None      # (P+1,) bool, None when nothing is padded
+        self.capacity = 0                      # generated steps the buffers hold
+        self.length = 0                        # generated steps stored
+        self.mask: Optional[torch.Tensor] = None               # (S, keys) for the current step
+
+    def _allocate(self, capacity: int) -> None:
+        size = self.prefix + capacity * self.rows
+        shape = (self.layers, self.heads, size, self.head_dim)
+        k = torch.empty(shape, dtype=self.dtype, device=self.device)
+        v = torch.empty(shape, dtype=self.dtype, device=self.device)
+        slots = torch.empty(self.rows, capacity, dtype=torch.long, device=self.device)
+        if self.capacity:
+            used = self.prefix + self.length * self.rows
+            k[:, :, :used], v[:, :, :used] = self.k[:, :, :used], self.v[:, :, :used]
+            slots[:, :self.length] = self.slots[:, :self.length]
+        self.k, self.v, self.slots, self.capacity = k, v, slots, capacity
+
+    def start(self, prefix_valid: torch.Tensor) -> None:
+        """Size the buffers for a prompt of len(prefix_valid) positions (False = left padding)."""
+        self.prefix = prefix_valid.shape[0]
+        self.prefix_valid = None if bool(prefix_valid.all()) else prefix_valid
+        self._allocate(min(self.steps_wanted, 256))
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i continues the history of row rows[i] (beam search)."""
+        self.slots[:, :self.length] = self.slots[rows, :self.length]
+
+    # -- attention callables for the backbone (GPT2Backbone.forward(x, attend)) --
+    def attend_prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.k[layer, :, :self.prefix] = k[0]
+        self.v[layer, :, :self.prefix] = v[0]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, is_causal=self.mask is None)
+
+    def attend_step(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        lo = self.prefix + self.length * self.rows
+        self.k[layer, :, lo:lo + self.rows] = k[:, :, 0].transpose(0, 1)
+        self.v[layer, :, lo:lo + self.rows] = v[:, :, 0].transpose(0, 1)
+        end = lo + self.rows
+        out = F.scaled_dot_product_attention(q[:, :, 0].transpose(0, 1).unsqueeze(0), self.k[layer, None, :, :end],
+                                             self.v[layer, None, :, :end], attn_mask=self.mask)
+        return out[0].transpose(0, 1).unsqueeze(2)                          # (S, H, 1, d)
+
+    def begin_step(self) -> None:
+        if self.length == self.capacity:   # grow (doubling, up to the steps the generation can need)
+            self._allocate(max(self.capacity + 1, min(2 * self.capacity, self.steps_wanted)))
+        t, s = self.length, self.rows
+        self.slots[:, t] = t * s + torch.arange(s, device=self.device)
+        if s == 1 and self.prefix_valid is None:
+            self.mask = None                   # one row sees every cached position
+            return
+        mask = torch.zeros(s, self.prefix + (t + 1) * s, dtype=torch.bool, device=self.device)
+        mask[:, :self.prefix] = True if self.prefix_valid is None else self.prefix_valid
+        self.mask = mask.scatter_(1, self.prefix + self.slots[:, :t + 1], True)
+
+
+def prefill(model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Run [prompt ; start code] (batch 1) through the model, fill the cache's prefix, return (1, V) logits.
+
+    The start code 8192 is embedded with mel position 0.
+    """
+    cfg = model.cfg
+    start = model.embed_mel(torch.tensor([cfg.start_mel_token], device=prompt.device),
+                            torch.zeros(1, dtype=torch.long, device=prompt.device))
+    x = torch.cat((prompt, start.unsqueeze(0)), dim=1)
+    n = x.shape[1]
+    keys = F.pad(valid, (0, 1), value=True)
+    cache.start(keys)
+    if cache.prefix_valid is None:
+        cache.mask = None
+    else:
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        eye = torch.eye(n, dtype=torch.bool, device=x.device)
+        # Padded positions are masked as keys; a padded query attends to itself only (its output is never
+        # seen, this only keeps it finite).
+        cache.mask = causal & (keys[None, :] | eye)
+    hidden = model.gpt(x, cache.attend_prefill)
+    return model.head(hidden[:, -1])
+
+
+def decode_step(model: UnifiedVoice, cache: KVCache, tokens: torch.Tensor, position: int) -> torch.Tensor:
+    """Feed one code per row (S,) at mel position `position`; return (S, V) logits."""
+    x = model.embed_mel(tokens, torch.full_like(tokens, position)).unsqueeze(1)
+    cache.begin_step()
+    hidden = model.gpt(x, cache.attend_step)
+    cache.length += 1
+    return model.head(hidden[:, -1])
+
+
+# ---- generation --------------------------------------------------------------------------------------
+
+@dataclass
+class Trace:
+    """Per-step internals for parity checks: raw logits (rows, V) and, in beam modes, the ranked
+    (score, token, beam) candidates handed to the beam scorer."""
+
+    logits: list = field(default_factory=list)
+    beam_scores: list = field(default_factory=list)
+    beam_tokens: list = field(default_factory=list)
+    beam_sources: list = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    """codes: (num_return_sequences, n) int64 exactly as the official `inference_speech` returns them
+    (a generated stop code and stop-code padding included; cut them with `trim_codes`).
+    steps: model calls made (prefill included). trace: filled when generate(..., record=True)."""
+
+    codes: torch.Tensor
+    steps: int
+    trace: Optional[Trace] = None
+
+
+class _Hypotheses:
+    """HF BeamHypotheses (early_stopping=False) for one batch row, with Python-float scores as HF has."""
+
+    def __init__(self, num_beams: int, length_penalty: float):
+        self.num_beams, self.length_penalty = num_beams, length_penalty
+        self.beams: list[tuple[float, torch.Tensor]] = []
+        self.worst_score = 1e9
+
+    def add(self, hyp: torch.Tensor, sum_logprobs: float, generated_len: int) -> None:
+        score = sum_logprobs / (generated_len ** self.length_penalty)
+        if len(self.beams) < self.num_beams or score > self.worst_score:
+            self.beams.append((score, hyp))
+            if len(self.beams) > self.num_beams:
+                ranked = sorted((s, i) for i, (s, _) in enumerate(self.beams))
+                del self.beams[ranked[0][1]]
+                self.worst_score = ranked[1][0]
+            else:
+                self.worst_score = min(score, self.worst_score)
+
+    def is_done(self, best_sum_logprobs: float, generated_len: int) -> bool:
+        if len(self.beams) < self.num_beams:
+            return False
+        return self.worst_score >= best_sum_logprobs / generated_len ** self.length_penalty
+
+
+def _history(seqs: torch.Tensor, cfg) -> torch.Tensor:
+    # Official quirk (SPEC-gpt §15.5): the repetition penalty sees the whole input_ids row, i.e. the fake
+    # prompt ids (all 1) and the start code 8192 before the generated codes, so mel codes 1 and 8192 are
+    # always penalised. Each distinct id counts once, so [1, 8192, codes…] gives the identical result.
+    fake = torch.tensor([1, cfg.start_mel_token], dtype=torch.long, device=seqs.device)
+    return torch.cat((fake.expand(seqs.shape[0], 2), seqs), dim=1)
+
+
+def _sample_or_greedy(model, prompt, valid, options, generator, trace) -> tuple[torch.Tensor, int]:
+    cfg = model.cfg
+    rows, stop = options.num_return_sequences, cfg.stop_mel_token
+    cache = KVCache(model, rows, options.max_mel_tokens)
+    logits = prefill(model, prompt, valid, cache).expand(rows, -1)
+    seqs = torch.empty(rows, 0, dtype=torch.long, device=prompt.device)
+    unfinished = torch.ones(rows, dtype=torch.bool, device=prompt.device)
+    steps = 1
+    for step in range(options.max_mel_tokens):
+        if trace is not None:
+            trace.logits.append(logits.float().clone())
+        scores = process_scores(logits.float(), _history(seqs, cfg), options, step, stop)
+        if options.do_sample:
+            tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            tokens = torch.argmax(scores, dim=-1)
+        tokens = torch.where(unfinished, tokens, stop)        # finished rows receive the pad code 8193
+        seqs = torch.cat((seqs, tokens[:, None]), dim=1)
+        unfinished &= tokens != stop
+        if not bool(unfinished.any()) or seqs.shape[1] == options.max_mel_tokens:
+            break
+        # Official quirk (SPEC-gpt §15.4/§8.3): with the KV cache the k-th generated code is embedded with
+        # mel position k + 1 (2, 3, …; position 1 is never used), not k.
+        logits = decode_step(model, cache, tokens, position=step + 2)
+        steps += 1
+    return seqs, steps
+
+
+def _beam(model, prompt, valid, options, generator, trace) -> tuple[torch.Tensor, int]:
+    cfg = model.cfg
+    nb, stop, vocab = options.num_beams, cfg.stop_mel_token, cfg.number_mel_codes
+    cache = KVCache(model, nb, options.max_mel_tokens)
+    logits = prefill(model, prompt, valid, cache).expand(nb, -1)   # every beam starts from the same prompt
+    beam_scores = torch.full((nb,), -1e9, dtype=torch.float32, device=prompt.device)
+    beam_scores[0] = 0.0
+    seqs = torch.empty(nb, 0, dtype=torch.long, device=prompt.device)
+    hyps = _Hypotheses(nb, options.length_penalty)
+    n_candidates = 2 * nb                      # HF: max(2, 1 + number of stop ids) · num_beams
+    done, steps = False, 1
+    for step in range(options.max_mel_tokens):
+        if trace is not None:
+            trace.logits.append(logits.float().clone())
+        # Official quirk (SPEC-gpt §15.6): in beam modes the processors act on log-probabilities (the
+        # penalty always multiplies, the temperature divides log-probs); length_penalty 0 = no normalisation.
+        scores = torch.log_softmax(logits.float(), dim=-1)
+        scores = process_scores(scores, _history(seqs, cfg), options, step, stop)
+        flat = (scores + beam_scores[:, None]).view(1, nb * vocab)
+        if options.do_sample:
+            picked = torch.multinomial(torch.softmax(flat, dim=-1), n_candidates, generator=generator)
+            cand, order = torch.sort(flat.gather(1, picked), descending=True, dim=1)
+            picked = picked.gather(1, order)
+        else:
+            cand, picked = torch.topk(flat, n_candidates, dim=1, largest=True, sorted=True)
+        sources, tokens = (picked // vocab)[0].tolist(), (picked % vocab)[0].tolist()
+        cand_list = cand[0].tolist()
+        if trace is not None:
+            trace.beam_scores.append(cand[0].clone())
+            trace.beam_tokens.append((picked % vocab)[0].clone())
+            trace.beam_sources.append((picked // vocab)[0].clone())
+        next_scores, next_tokens, next_sources = [], [], []
+        for rank, (score, token, source) in enumerate(zip(cand_list, tokens, sources)):
+            if token == stop:
+                if rank < nb:   # stop candidates ranked below num_beams are ignored
+                    hyps.add(seqs[source].clone(), score, generated_len=step + 1)
+            else:
+                next_scores.append(score)
+                next_tokens.append(token)
+                next_sources.append(source)
+            if len(next_tokens) == nb:
+                break
+        done = hyps.is_done(max(cand_list), step + 1)
+        rows = torch.tensor(next_sources, device=prompt.device)
+        new_tokens = torch.tensor(next_tokens, dtype=torch.long, device=prompt.device)
+        seqs = torch.cat((seqs[rows], new_tokens[:, None]), dim=1)
+        beam_scores = torch.tensor(next_scores, dtype=torch.float32, device=prompt.device)
+        if done or seqs.shape[1] == options.max_mel_tokens:
+            break
+        cache.reorder(rows)
+        logits = decode_step(model, cache, new_tokens, position=step + 2)   # mel position k + 1, see above
+        steps += 1
+    if not done:  # cut by max_mel_tokens: every open beam is offered as a hypothesis too
+        for i in range(nb):
+            hyps.add(seqs[i].clone(), beam_scores[i].item(), generated_len=seqs.shape[1])
+    ranked = sorted(hyps.beams, key=lambda h: h[0])
+    best = [ranked.pop()[1] for _ in range(options.num_return_sequences)]
+    # Finished hypotheses are stored without their stop code; every hypothesis shorter than the returned
+    # width gets a stop code appended, the rest is stop-code padding (pad = stop = 8193).
+    width = min(max(len(h) for h in best) + 1, options.max_mel_tokens)
+    out = torch.full((len(best), width), stop, dtype=torch.long, device=prompt.device)
+    for i, h in enumerate(best):
+        out[i, :len(h)] = h
+    return out, steps
+
+
+@torch.inference_mode()
+def generate(model: UnifiedVoice, spk_latent: torch.Tensor, text_ids: torch.Tensor, emovec: torch.Tensor,
+             options: Optional[DecodingOptions] = None, generator: Optional[torch.Generator] = None,
+             *, record: bool = False) -> Generation:
+    """Generate mel codes for one text segment, as the official `inference_speech` does.
+
+    spk_latent (1, 32, D) from `model.speaker_latent`; text_ids: 1-D integer tensor of BPE ids (no start/stop
+    added: the model adds them); emovec (1, D); options: DecodingOptions (default: infer_v2's); generator:
+    the torch.Generator every random draw uses (None = torch's global generator, like the official code).
+    Warns MaxMelTokensWarning when a returned sequence does not end with the stop code.
+    """
+    options = DecodingOptions() if options is None else options
+    if not isinstance(options, DecodingOptions):
+        raise OptionError(f"options must be a DecodingOptions, got {type(options).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise OptionError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    cfg = model.cfg
+    text_ids = check_ids(text_ids, "text_ids", cfg.number_text_tokens + 1, cfg.max_text_tokens)
+    check_conditioning(model, spk_latent, emovec)
+    limit = model.mel_pos_embedding.emb.num_embeddings - 2
+    if options.max_mel_tokens > limit:
+        raise OptionError(f"DecodingOptions.max_mel_tokens={options.max_mel_tokens} exceeds what the model's "
+                          f"mel position table allows ({limit})")
+    device = next(model.parameters()).device
+    prompt, valid = model.prompt(spk_latent.to(device), text_ids.to(device), emovec.to(device))
+    trace = Trace() if record else None
+    run = _beam if options.num_beams > 1 else _sample_or_greedy
+    codes, steps = run(model, prompt, valid, options, generator, trace)
+    if bool((codes[:, -1] != cfg.stop_mel_token).any()):
+        warnings.warn(f"generation stopped at max_mel_tokens={options.max_mel_tokens} before a stop code "
+                      f"({text_ids.numel()} text tokens): the speech of this segment is cut; use shorter "
+                      f"segments or a larger max_mel_tokens", MaxMelTokensWarning, stacklevel=2)
+    return Generation(codes, steps, trace)
+
+
+def trim_codes(codes: torch.Tensor, stop_token: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """infer_v2's cut between the two GPT passes: code_len = index of the first stop code (or the full
+    length); codes cut to the largest code_len. hit_max_tokens: some row's last code is not the stop code
+    (infer_v2's max_mel_tokens warning condition)."""
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.is_floating_point() or codes.shape[1] == 0:
+        got = f"{codes.dtype} {tuple(codes.shape)}" if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise OptionError(f"codes must be a non-empty 2-D integer tensor (rows, n), got {got}")
+    is_stop = codes == stop_token
+    first = torch.where(is_stop.any(dim=1), is_stop.int().argmax(dim=1), torch.full_like(codes[:, 0], codes.shape[1]))
+    code_lens = first.long()
+    return codes[:, :int(code_lens.max())], code_lens, bool((codes[:, -1] != stop_token).any())
