@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("INDEXTTS_FAST_REFERENCE", REPO.parent / "shared" / "reference"))
@@ -41,3 +44,13 @@ def text_ref_dir(reference_root) -> Path:
 @pytest.fixture(scope="session")
 def assets_dir(reference_root) -> Path:
     return _require(reference_root / "indextts2-assets")
+
+
+@pytest.fixture(scope="session")
+def frontend_manifest(tiny_dir) -> dict:
+    return json.loads((tiny_dir / "goldens" / "frontend.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def frontend_goldens(tiny_dir) -> dict:
+    return load_file(str(tiny_dir / "goldens" / "frontend.safetensors"))

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from safetensors.torch import load_file
 
 from indextts_fast import audio
 from indextts_fast.config import ModelFolder
 from indextts_fast.errors import AudioError
 
 
-@pytest.fixture(scope="module")
-def manifest(tiny_dir):
-    return json.loads((tiny_dir / "goldens" / "frontend.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def goldens(tiny_dir):
-    return load_file(str(tiny_dir / "goldens" / "frontend.safetensors"))
-
-
-def atol(manifest, case_id, quantity):
-    tol = next(c for c in manifest["cases"] if c["id"] == case_id)["tolerance"]
+def atol(frontend_manifest, case_id, quantity):
+    tol = next(c for c in frontend_manifest["cases"] if c["id"] == case_id)["tolerance"]
     return tol["atol"] if "atol" in tol else tol[quantity]["atol"]
 
 
@@ -37,61 +25,61 @@ def assert_close(got, want, tol, what):
     assert err <= tol, f"{what}: max abs error {err} > {tol}"
 
 
-def test_load_reference_matches_goldens(tiny_dir, manifest, goldens):
-    for prompt in manifest["prompts"]:
+def test_load_reference_matches_goldens(tiny_dir, frontend_manifest, frontend_goldens):
+    for prompt in frontend_manifest["prompts"]:
         p = prompt["prompt"]
         ref = audio.load_reference(tiny_dir / prompt["file"])
         assert ref.wav22k.dtype == torch.float32 and ref.wav22k.shape == (1, prompt["n_samples_22k"])
         assert ref.wav16k.shape == (1, prompt["n_samples_16k"])
-        assert_close(ref.wav22k, goldens[f"{p}.audio"], atol(manifest, "a.audio", "audio"), f"{p}.audio")
-        assert_close(ref.wav16k, goldens[f"{p}.audio_16k"], atol(manifest, "a.audio", "audio_16k"), f"{p}.audio_16k")
+        assert_close(ref.wav22k, frontend_goldens[f"{p}.audio"], atol(frontend_manifest, "a.audio", "audio"), f"{p}.audio")
+        assert_close(ref.wav16k, frontend_goldens[f"{p}.audio_16k"], atol(frontend_manifest, "a.audio", "audio_16k"), f"{p}.audio_16k")
 
 
-def test_resample_length_is_rounded_through_float32(manifest):
+def test_resample_length_is_rounded_through_float32(frontend_manifest):
     # torchaudio computes ceil(float32(n*N/o)): for 22050 -> 16000 and N = 90569 that is 65719, not 65720
     assert audio.resample(torch.zeros(1, 90569), 22050, 16000).shape == (1, 65719)
     assert math.ceil(90569 * 320 / 441) == 65720
-    for prompt in manifest["prompts"]:
+    for prompt in frontend_manifest["prompts"]:
         n = prompt["n_samples_22k"]
         assert audio.resample(torch.zeros(1, n), 22050, 16000).shape[-1] == prompt["n_samples_16k"]
     x = torch.randn(1, 100)
     assert audio.resample(x, 22050, 22050) is x  # equal rates: torchaudio returns the input itself
 
 
-def test_native_resampling_goldens(tiny_dir, manifest, goldens):
+def test_native_resampling_goldens(tiny_dir, frontend_manifest, frontend_goldens):
     checked = 0
-    for prompt in manifest["prompts"]:
+    for prompt in frontend_manifest["prompts"]:
         p = prompt["prompt"]
-        if f"{p}.native_mono" not in goldens:
+        if f"{p}.native_mono" not in frontend_goldens:
             continue
-        sr, native = prompt["native_sr"], goldens[f"{p}.native_mono"]
-        tol = atol(manifest, "a.native_resample", None)
-        assert_close(audio.resample(native, sr, 22050), goldens[f"{p}.native_resampled_22k"], tol, f"{p} -> 22.05k")
-        assert_close(audio.resample(native, sr, 16000), goldens[f"{p}.native_resampled_16k"], tol, f"{p} -> 16k")
+        sr, native = prompt["native_sr"], frontend_goldens[f"{p}.native_mono"]
+        tol = atol(frontend_manifest, "a.native_resample", None)
+        assert_close(audio.resample(native, sr, 22050), frontend_goldens[f"{p}.native_resampled_22k"], tol, f"{p} -> 22.05k")
+        assert_close(audio.resample(native, sr, 16000), frontend_goldens[f"{p}.native_resampled_16k"], tol, f"{p} -> 16k")
         checked += 1
     assert checked >= 1
 
 
-def test_mel_and_fbank_goldens(tiny_dir, manifest, goldens):
+def test_mel_and_fbank_goldens(tiny_dir, frontend_manifest, frontend_goldens):
     folder = ModelFolder(tiny_dir)
     spect = folder.config.s2mel.preprocess_params.spect_params
-    for prompt in manifest["prompts"]:
+    for prompt in frontend_manifest["prompts"]:
         p = prompt["prompt"]
-        mel = audio.mel_spectrogram(goldens[f"{p}.audio"], spect)
+        mel = audio.mel_spectrogram(frontend_goldens[f"{p}.audio"], spect)
         assert mel.shape == (1, spect.n_mels, prompt["n_mel_frames"])
-        assert_close(mel, goldens[f"{p}.ref_mel"], atol(manifest, "a.audio", "ref_mel"), f"{p}.ref_mel")
-        raw = audio.kaldi_fbank_raw(goldens[f"{p}.audio_16k"])
+        assert_close(mel, frontend_goldens[f"{p}.ref_mel"], atol(frontend_manifest, "a.audio", "ref_mel"), f"{p}.ref_mel")
+        raw = audio.kaldi_fbank_raw(frontend_goldens[f"{p}.audio_16k"])
         assert raw.shape == (prompt["n_fbank_frames"], 80)
-        tol = atol(manifest, "a.audio", "fbank")
-        assert_close(raw, goldens[f"{p}.fbank_raw"], tol, f"{p}.fbank_raw")
-        assert_close(audio.kaldi_fbank(goldens[f"{p}.audio_16k"]), goldens[f"{p}.fbank"], tol, f"{p}.fbank")
+        tol = atol(frontend_manifest, "a.audio", "fbank")
+        assert_close(raw, frontend_goldens[f"{p}.fbank_raw"], tol, f"{p}.fbank_raw")
+        assert_close(audio.kaldi_fbank(frontend_goldens[f"{p}.audio_16k"]), frontend_goldens[f"{p}.fbank"], tol, f"{p}.fbank")
 
 
-def test_emotion_audio_goldens(tiny_dir, manifest, goldens):
-    for prompt in manifest["prompts"]:
+def test_emotion_audio_goldens(tiny_dir, frontend_manifest, frontend_goldens):
+    for prompt in frontend_manifest["prompts"]:
         p = prompt["prompt"]
         got = audio.load_emotion_audio(tiny_dir / prompt["file"])
-        assert_close(got, goldens[f"{p}.emo_audio_16k"], atol(manifest, "b.emo_path", "emo_audio_16k"), p)
+        assert_close(got, frontend_goldens[f"{p}.emo_audio_16k"], atol(frontend_manifest, "b.emo_path", "emo_audio_16k"), p)
 
 
 def test_slaney_mel_basis_properties():

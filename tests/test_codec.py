@@ -1,4 +1,4 @@
-"""MaskGCT semantic codec: exact codes and embeddings against the goldens, strict loading, random checkpoints."""
+"""MaskGCT semantic codec: exact codes and embeddings against the frontend_goldens, strict loading, random checkpoints."""
 
 from __future__ import annotations
 
@@ -17,22 +17,12 @@ WEIGHTS = "hf_cache/semantic_codec_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def manifest(tiny_dir):
-    return json.loads((tiny_dir / "goldens" / "frontend.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def goldens(tiny_dir):
-    return load_file(str(tiny_dir / "goldens" / "frontend.safetensors"))
-
-
-@pytest.fixture(scope="module")
 def codec(tiny_dir):
     return SemanticCodec.from_folder(ModelFolder(tiny_dir))
 
 
-def case_atol(manifest, case_id, quantity=None):
-    tol = next(c for c in manifest["cases"] if c["id"] == case_id)["tolerance"]
+def case_atol(frontend_manifest, case_id, quantity=None):
+    tol = next(c for c in frontend_manifest["cases"] if c["id"] == case_id)["tolerance"]
     return tol["atol"] if quantity is None else tol[quantity]["atol"]
 
 
@@ -41,28 +31,28 @@ def max_err(a, b):
     return (a.double() - b.double()).abs().max().item()
 
 
-def test_quantize_goldens(codec, manifest, goldens):
-    tol = case_atol(manifest, "c.codec_quantize", "S_ref")
-    for prompt in manifest["prompts"]:
+def test_quantize_goldens(codec, frontend_manifest, frontend_goldens):
+    tol = case_atol(frontend_manifest, "c.codec_quantize", "S_ref")
+    for prompt in frontend_manifest["prompts"]:
         p = prompt["prompt"]
-        spk = goldens[f"{p}.spk_cond_emb"]
-        assert max_err(codec.encode(spk), goldens[f"{p}.codec_encoder_out"]) <= tol
+        spk = frontend_goldens[f"{p}.spk_cond_emb"]
+        assert max_err(codec.encode(spk), frontend_goldens[f"{p}.codec_encoder_out"]) <= tol
         codes, s_ref = codec.quantize(spk)
-        assert codes.dtype == torch.int64 and torch.equal(codes, goldens[f"{p}.S_ref_codes"])  # exact
+        assert codes.dtype == torch.int64 and torch.equal(codes, frontend_goldens[f"{p}.S_ref_codes"])  # exact
         assert len(codes.unique()) == prompt["S_ref_distinct_codes"]
-        assert max_err(s_ref, goldens[f"{p}.S_ref"]) <= tol
+        assert max_err(s_ref, frontend_goldens[f"{p}.S_ref"]) <= tol
         # S_ref is the embedding of its own codes, up to the straight-through rounding
         emb = codec.vq2emb(codes).transpose(1, 2)
         assert max_err(emb, s_ref) <= max(prompt["max_abs_S_ref_minus_vq2emb_of_its_codes"], 1e-6)
 
 
-def test_vq2emb_golden(codec, manifest, goldens):
-    out = codec.vq2emb(goldens["vq2emb.codes"])
-    assert max_err(out, goldens["vq2emb.out"]) <= case_atol(manifest, "c.vq2emb")
+def test_vq2emb_golden(codec, frontend_manifest, frontend_goldens):
+    out = codec.vq2emb(frontend_goldens["vq2emb.codes"])
+    assert max_err(out, frontend_goldens["vq2emb.out"]) <= case_atol(frontend_manifest, "c.vq2emb")
 
 
-def test_vq2emb_batches_row_by_row(codec, goldens):
-    codes = goldens["vq2emb.codes"]
+def test_vq2emb_batches_row_by_row(codec, frontend_goldens):
+    codes = frontend_goldens["vq2emb.codes"]
     both = codec.vq2emb(torch.cat([codes, codes.flip(1)]))
     # (batched convolutions may round differently: equal up to float32 noise)
     assert max_err(both[:1], codec.vq2emb(codes)) < 1e-6 and max_err(both[1:], codec.vq2emb(codes.flip(1))) < 1e-6

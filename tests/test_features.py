@@ -1,4 +1,4 @@
-"""w2v-bert features: the feature extractor bit for bit, hidden states and spk/emo_cond_emb against the goldens,
+"""w2v-bert features: the feature extractor bit for bit, hidden states and spk/emo_cond_emb against the frontend_goldens,
 strict loading, random checkpoints, and the whole front-end parity command."""
 
 from __future__ import annotations
@@ -17,22 +17,12 @@ from indextts_fast.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
-def manifest(tiny_dir):
-    return json.loads((tiny_dir / "goldens" / "frontend.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def goldens(tiny_dir):
-    return load_file(str(tiny_dir / "goldens" / "frontend.safetensors"))
-
-
-@pytest.fixture(scope="module")
 def w2v(tiny_dir):
     return features.SemanticFeatures.from_folder(ModelFolder(tiny_dir))
 
 
-def tolerance(manifest, case_id, quantity):
-    return next(c for c in manifest["cases"] if c["id"] == case_id)["tolerance"][quantity]["atol"]
+def tolerance(frontend_manifest, case_id, quantity):
+    return next(c for c in frontend_manifest["cases"] if c["id"] == case_id)["tolerance"][quantity]["atol"]
 
 
 def max_err(a, b):
@@ -40,18 +30,18 @@ def max_err(a, b):
     return (a.double() - b.double()).abs().max().item()
 
 
-def test_feature_extractor_is_bit_exact(w2v, manifest, goldens):
-    for prompt in manifest["prompts"]:
+def test_feature_extractor_is_bit_exact(w2v, frontend_manifest, frontend_goldens):
+    for prompt in frontend_manifest["prompts"]:
         p = prompt["prompt"]
         for src, feats_name, mask_name in ((f"{p}.audio_16k", f"{p}.input_features", f"{p}.attention_mask"),
                                            (f"{p}.emo_audio_16k", f"{p}.emo_input_features", f"{p}.emo_attention_mask")):
-            feats, mask = w2v.features(goldens[src])
-            assert torch.equal(feats, goldens[feats_name]), feats_name
-            assert mask.dtype == torch.int32 and torch.equal(mask, goldens[mask_name]), mask_name
-        assert goldens[f"{p}.input_features"].shape[1] == prompt["n_w2v_frames"]
+            feats, mask = w2v.features(frontend_goldens[src])
+            assert torch.equal(feats, frontend_goldens[feats_name]), feats_name
+            assert mask.dtype == torch.int32 and torch.equal(mask, frontend_goldens[mask_name]), mask_name
+        assert frontend_goldens[f"{p}.input_features"].shape[1] == prompt["n_w2v_frames"]
         if prompt["n_w2v_raw_frames_odd_padded"]:  # last row: one real frame + padding 1.0, mask 0
-            feats = goldens[f"{p}.input_features"]
-            assert torch.all(feats[0, -1, 80:] == 1.0) and goldens[f"{p}.attention_mask"][0, -1] == 0
+            feats = frontend_goldens[f"{p}.input_features"]
+            assert torch.all(feats[0, -1, 80:] == 1.0) and frontend_goldens[f"{p}.attention_mask"][0, -1] == 0
 
 
 def test_feature_extractor_matches_transformers(tiny_dir, w2v):
@@ -67,23 +57,23 @@ def test_feature_extractor_matches_transformers(tiny_dir, w2v):
         assert torch.equal(feats, want["input_features"]) and torch.equal(mask, want["attention_mask"]), n
 
 
-def test_hidden_states_and_embeddings(w2v, manifest, goldens):
-    spk_tol = tolerance(manifest, "b.w2v_bert", "spk_cond_emb")
-    emo_tol = tolerance(manifest, "b.emo_path", "emo_cond_emb")
-    for prompt in manifest["prompts"]:
+def test_hidden_states_and_embeddings(w2v, frontend_manifest, frontend_goldens):
+    spk_tol = tolerance(frontend_manifest, "b.w2v_bert", "spk_cond_emb")
+    emo_tol = tolerance(frontend_manifest, "b.emo_path", "emo_cond_emb")
+    for prompt in frontend_manifest["prompts"]:
         p = prompt["prompt"]
-        feats, mask = goldens[f"{p}.input_features"], goldens[f"{p}.attention_mask"]
+        feats, mask = frontend_goldens[f"{p}.input_features"], frontend_goldens[f"{p}.attention_mask"]
         hidden = w2v.hidden_states(feats, mask)
         assert len(hidden) == w2v.model.config.num_hidden_layers + 1
-        for name in (n for n in goldens if n.startswith(f"{p}.w2v_hidden_states_")):
-            assert max_err(hidden[int(name.rsplit("_", 1)[1])], goldens[name]) <= spk_tol, name
-        assert max_err(w2v.embed(feats, mask), goldens[f"{p}.spk_cond_emb"]) <= spk_tol
-        assert max_err(w2v(goldens[f"{p}.audio_16k"]), goldens[f"{p}.spk_cond_emb"]) <= spk_tol
-        emo = w2v.embed(goldens[f"{p}.emo_input_features"], goldens[f"{p}.emo_attention_mask"])
-        assert max_err(emo, goldens[f"{p}.emo_cond_emb"]) <= emo_tol
+        for name in (n for n in frontend_goldens if n.startswith(f"{p}.w2v_hidden_states_")):
+            assert max_err(hidden[int(name.rsplit("_", 1)[1])], frontend_goldens[name]) <= spk_tol, name
+        assert max_err(w2v.embed(feats, mask), frontend_goldens[f"{p}.spk_cond_emb"]) <= spk_tol
+        assert max_err(w2v(frontend_goldens[f"{p}.audio_16k"]), frontend_goldens[f"{p}.spk_cond_emb"]) <= spk_tol
+        emo = w2v.embed(frontend_goldens[f"{p}.emo_input_features"], frontend_goldens[f"{p}.emo_attention_mask"])
+        assert max_err(emo, frontend_goldens[f"{p}.emo_cond_emb"]) <= emo_tol
 
 
-def test_only_the_used_layers_are_built(tiny_dir, w2v, goldens, manifest):
+def test_only_the_used_layers_are_built(tiny_dir, w2v, frontend_goldens, frontend_manifest):
     from transformers import Wav2Vec2BertModel
 
     folder = ModelFolder(tiny_dir)
@@ -92,12 +82,12 @@ def test_only_the_used_layers_are_built(tiny_dir, w2v, goldens, manifest):
     full = Wav2Vec2BertModel.from_pretrained(str(folder.aux("w2v_bert")), local_files_only=True,
                                              attn_implementation="eager").eval()
     assert len(full.encoder.layers) > layer
-    p = manifest["prompts"][0]["prompt"]
+    p = frontend_manifest["prompts"][0]["prompt"]
     with torch.no_grad():
-        want = full(input_features=goldens[f"{p}.input_features"], attention_mask=goldens[f"{p}.attention_mask"],
+        want = full(input_features=frontend_goldens[f"{p}.input_features"], attention_mask=frontend_goldens[f"{p}.attention_mask"],
                     output_hidden_states=True).hidden_states[layer]
-    got = w2v.model(input_features=goldens[f"{p}.input_features"],
-                    attention_mask=goldens[f"{p}.attention_mask"]).last_hidden_state
+    got = w2v.model(input_features=frontend_goldens[f"{p}.input_features"],
+                    attention_mask=frontend_goldens[f"{p}.attention_mask"]).last_hidden_state
     assert torch.equal(got, want)
 
 

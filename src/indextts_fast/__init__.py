@@ -9,3 +9,5 @@ from .errors import (  # noqa: F401  (re-exported: the public error types)
     ModelFolderError,
     OptionError,
 )
+
+__all__ = ["AudioError", "CheckpointError", "IndexTTSFastError", "ModelFolderError", "OptionError", "__version__"]

@@ -8,7 +8,6 @@ widths the official code hard-codes for the real model; absent file or key means
 from __future__ import annotations
 
 import json
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional, Union
 

@@ -4,7 +4,13 @@ over the first one. Table in the terminal, --json and --plot (a stacked bar per 
 Without --model-dir a full-size RANDOM model folder is used (made once with make-checkpoint and cached
 in the data folder): its timings are real, its audio is noise. Random weights never emit the stop code,
 so every segment then generates a fixed number of codes: CODES_PER_TOKEN per text token (documented
-rule, override with --codes N; with a real model --codes is off unless given)."""
+rule, override with --codes N; with a real model --codes is off unless given).
+
+--precision fp32,bf16,int8 profiles every precision mode side by side (one engine per mode, loaded in
+turn; columns are named preset@mode then). A mode is a per-stage mix (see precision.py): bf16 = every
+stage bf16, int8 = GPT int8 weight-only + s2mel/vocoder/conditioning bf16, int8dyn = GPT int8 weights and
+activations + the rest bf16; gpt=int8+s2mel=bf16 names a mix directly. The per-stage speed-up of every
+column over the first is printed and written to --json."""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import add_settings_arguments, add_store_argument, settings_overrides
+from . import add_precision_argument, add_settings_arguments, add_store_argument, parse_precision, settings_overrides
 
 DEFAULT_TEXT = ("The morning train was late again, so she walked along the river and "
                 "watched the boats drift slowly past the old stone bridge.")
@@ -36,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    add_precision_argument(p, many=True)
     add_store_argument(p)
     add_settings_arguments(p)
     p.set_defaults(preset=None)
@@ -80,18 +87,27 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Engine
     from ..presets import resolve
     from ..profiling import STAGES, run_statistics
-    from ..speakers import SpeakerStore, default_store_dir
+    from ..speakers import default_store_dir
 
     if args.runs < 1 or args.warmup < 0:
         raise OptionError("--runs must be >= 1 and --warmup >= 0")
-    names = [n.strip() for n in args.presets.split(",") if n.strip()]
-    all_settings = {n: resolve(n, settings_overrides(args)) for n in names}  # validates before loading
+    from ..precision import resolve_precision
+
+    presets = [n.strip() for n in args.presets.split(",") if n.strip()]
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    for p in precisions:
+        resolve_precision(parse_precision(p))  # validates before loading
+    plain = precisions == ["fp32"]  # the original behaviour: columns are preset names
+    columns = [(pre, prec, pre if plain else f"{pre}@{prec}") for prec in precisions for pre in presets]
+    names = [c[2] for c in columns]
+    all_settings = {name: resolve(pre, settings_overrides(args)) for pre, _, name in columns}
     store_dir = Path(args.store) if args.store else default_store_dir()
     random_model = args.model_dir is None
     model_dir = default_random_model(store_dir) if random_model else Path(args.model_dir)
     voice = Path(args.voice) if args.voice else synthetic_prompt(
         store_dir / "prompts" / f"synthetic-{args.prompt_seconds:g}s.wav", args.prompt_seconds)
-    engine = Engine(model_dir, device=args.device, threads=args.threads, store=None)
+    engine = Engine(model_dir, device=args.device, threads=args.threads, store=None,
+                    precision=parse_precision(precisions[0]))
     n_tokens = sum(len(s) for s in engine.text.segments_for_synthesis(args.text, 10**6))
     codes = args.codes if args.codes is not None else (CODES_PER_TOKEN * n_tokens if random_model else None)
     if random_model:
@@ -100,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     results, per_preset = {}, {}
     bar = tqdm(total=len(names) * (args.runs + args.warmup), desc="profile", unit="run", file=sys.stderr)
-    for name in names:
+    for _, prec, name in columns:
+        if engine.precision != resolve_precision(parse_precision(prec)):
+            engine = None  # free the previous mode's weights first
+            engine = Engine(model_dir, device=args.device, threads=args.threads, store=None,
+                            precision=parse_precision(prec))
         runs = []
         for i in range(args.warmup + args.runs):
             if not args.cached_speaker:
@@ -112,13 +132,17 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(preset=name, rtf=f"{r.timings.rtf:.2f}")
             bar.update()
         per_preset[name] = run_statistics(runs)
-        results[name] = {"settings": all_settings[name].as_dict(), **per_preset[name],
+        results[name] = {"settings": all_settings[name].as_dict(), "precision": dict(engine.precision),
+                         **per_preset[name],
                          "runs_detail": [t.as_dict() for t in runs]}
     bar.close()
     base = per_preset[names[0]]["total"]["mean"]
     for name in names:
         results[name]["speedup_vs_" + names[0]] = base / per_preset[name]["total"]["mean"]
+        results[name]["stage_speedup_vs_" + names[0]] = stage_speedups(per_preset, names[0], name, STAGES)
     print(format_table(per_preset, names, STAGES))
+    if len(names) > 1:
+        print(format_speedups(per_preset, names, STAGES))
     report = {"model_dir": str(model_dir), "random_model": random_model, "text": args.text, "voice": str(voice),
               "forced_codes": codes, "runs": args.runs, "warmup": args.warmup,
               "speaker_cache": "kept between runs" if args.cached_speaker else "cleared before every run",
@@ -157,6 +181,27 @@ def format_table(stats: dict, names: list[str], stages) -> str:
             (f"speed-up vs {names[0]}", lambda s: f"{stats[names[0]]['total']['mean'] / s['total']['mean']:.2f}x")]
     for label, fmt in rows:
         lines.append(label.ljust(22) + "".join(fmt(stats[n]).rjust(col) for n in names))
+    return "\n".join(lines)
+
+
+def stage_speedups(stats: dict, base: str, name: str, stages) -> dict:
+    """Per stage (and total): base mean seconds / this column's mean seconds (None where a time is 0)."""
+    out = {}
+    for stage in (*stages, "total"):
+        b = stats[base]["total"]["mean"] if stage == "total" else stats[base]["stages"][stage]["mean"]
+        v = stats[name]["total"]["mean"] if stage == "total" else stats[name]["stages"][stage]["mean"]
+        out[stage] = b / v if v > 0 else None
+    return out
+
+
+def format_speedups(stats: dict, names: list[str], stages) -> str:
+    col = max(16, *(len(n) + 2 for n in names))
+    lines = [f"speed-up vs {names[0]}".ljust(22) + "".join(n.rjust(col) for n in names)]
+    lines.append("-" * len(lines[0]))
+    ups = {n: stage_speedups(stats, names[0], n, stages) for n in names}
+    for stage in (*stages, "total"):
+        lines.append(stage.ljust(22) + "".join(
+            (f"{ups[n][stage]:.2f}x" if ups[n][stage] is not None else "-").rjust(col) for n in names))
     return "\n".join(lines)
 
 
