@@ -25,7 +25,7 @@ def test_overrides_apply_and_none_is_ignored():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("num_beams", 0), ("top_p", 1.5), ("top_p", 0.0), ("temperature", 0.0), ("top_k", -1),
+    ("num_beams", 0), ("top_p", 1.5), ("top_p", -0.1), ("temperature", 0.0), ("top_k", -1),
     ("diffusion_steps", 0), ("cfg_rate", -0.1), ("max_mel_tokens", 0), ("max_text_tokens_per_segment", 0),
     ("num_beams", 2.5), ("do_sample", "yes"),
 ])

@@ -10,20 +10,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
+from .decoding import DecodingOptions
 from .errors import OptionError
+
+
+DECODING_FIELDS = ("num_beams", "do_sample", "top_p", "top_k", "temperature", "repetition_penalty",
+                   "length_penalty", "max_mel_tokens")
+_OFFICIAL = DecodingOptions()  # infer_v2's generation defaults: the single source of those values
 
 
 @dataclass(frozen=True)
 class Settings:
-    # GPT decoding (official generation kwargs of infer_v2, with do_sample actually honoured)
-    num_beams: int = 3
-    do_sample: bool = True
-    top_p: float = 0.8
-    top_k: int = 30
-    temperature: float = 0.8
-    repetition_penalty: float = 10.0
-    length_penalty: float = 0.0
-    max_mel_tokens: int = 1500
+    # GPT decoding: defaults and validation are DecodingOptions' (infer_v2's kwargs, do_sample honoured)
+    num_beams: int = _OFFICIAL.num_beams
+    do_sample: bool = _OFFICIAL.do_sample
+    top_p: float = _OFFICIAL.top_p
+    top_k: int = _OFFICIAL.top_k
+    temperature: float = _OFFICIAL.temperature
+    repetition_penalty: float = _OFFICIAL.repetition_penalty
+    length_penalty: float = _OFFICIAL.length_penalty
+    max_mel_tokens: int = _OFFICIAL.max_mel_tokens
     # S2Mel (official: hard-coded 25 steps and cfg 0.7)
     diffusion_steps: int = 25
     cfg_rate: float = 0.7
@@ -37,13 +43,9 @@ class Settings:
             want = {"int": int, "float": (int, float), "bool": bool}[f.type]
             if isinstance(value, bool) and f.type != "bool" or not isinstance(value, want):
                 raise OptionError(f"{f.name}={value!r} should be of type {f.type}")
+        self.decoding()  # raises OptionError naming the field
         checks = [
-            ("num_beams", 1 <= self.num_beams <= 16, "an integer from 1 to 16"),
-            ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
-            ("top_k", self.top_k >= 0, ">= 0 (0 disables top-k)"),
-            ("temperature", self.temperature > 0.0, "> 0"),
-            ("repetition_penalty", self.repetition_penalty > 0.0, "> 0 (1 disables it)"),
-            ("max_mel_tokens", 1 <= self.max_mel_tokens, ">= 1"),
+            ("num_beams", self.num_beams <= 16, "an integer from 1 to 16"),
             ("diffusion_steps", 1 <= self.diffusion_steps <= 200, "an integer from 1 to 200"),
             ("cfg_rate", 0.0 <= self.cfg_rate <= 10.0, "in [0, 10] (0 disables guidance)"),
             ("max_text_tokens_per_segment", self.max_text_tokens_per_segment >= 1, ">= 1"),
@@ -52,6 +54,13 @@ class Settings:
         for name, ok, expected in checks:
             if not ok:
                 raise OptionError(f"{name}={getattr(self, name)!r} is out of range: expected {expected}")
+
+    def decoding(self, forced_codes: int | None = None) -> DecodingOptions:
+        """The GPT decoding options; `forced_codes`: exactly that many codes (stop code suppressed)."""
+        values = {name: getattr(self, name) for name in DECODING_FIELDS}
+        if forced_codes is not None:
+            values.update(max_mel_tokens=forced_codes, min_new_tokens=forced_codes)
+        return DecodingOptions(**values)
 
     def overridden(self, **overrides: Any) -> "Settings":
         unknown = sorted(set(overrides) - {f.name for f in fields(self)})

@@ -36,7 +36,7 @@ def settings_of(params: dict):
 def check(ref_dir: Path) -> Iterator[CaseResult]:
     from ..decoding import generate, trim_codes
     from ..models.s2mel import target_length
-    from ..pipeline import PCM_SCALE, Engine, SpeakerConditioning, decoding_options
+    from ..pipeline import PCM_SCALE, Engine, SpeakerConditioning
 
     g = Goldens(ref_dir, STAGE)
     m = g.manifest
@@ -80,7 +80,7 @@ def check(ref_dir: Path) -> Iterator[CaseResult]:
             ids = segments[k] if k < len(segments) else []
             yield compare(STAGE, f"{name}.text_tokens", torch.tensor(ids, dtype=torch.int32), T["text_tokens"][0])
             with torch.inference_mode():
-                options = decoding_options(settings)
+                options = settings.decoding()
                 text_ids = T["text_tokens"][0]
                 raw = generate(engine.gpt, P["spk_cond_latent"], text_ids, P["emovec"], options).codes
                 yield compare(STAGE, f"{name}.codes_raw", raw, T["codes_raw"])
