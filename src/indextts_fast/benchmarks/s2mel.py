@@ -1,0 +1,134 @@
+"""S2Mel flow matching (DiT estimator, CFG batch of two) on a full-size model: seconds per diffusion step.
+
+Cases: a 4.1 s prompt (353 mel frames) + 150 codes (T = 611 frames, the official baseline's size) and the
+same prompt + ~5 s and ~10 s of speech. Each case times a few solver steps of `cfm.inference` (random
+content, prompt mel, style; seeded noise) and reports the median per step, the FLOPs of one step (matrix
+products and convolutions counted by torch's FlopCounterMode, attention added analytically) and the
+fraction of this machine's measured fp32 matmul peak they reach. The official code's figure for the first
+case (0.77 s per step, fp32, 2 threads; from issue 3, not measured here) is shown next to it.
+
+Model folder: --model-dir, else $INDEXTTS_FAST_FULLSIZE, /work/fullsize-s2mel, /work/fullsize (the first
+holding s2mel.pth). Make one with
+`indextts-fast make-checkpoint DIR --size full --only s2mel --only bigvgan`.
+
+Denormals: random full-size weights saturate some WaveNet sigmoids into float32 denormals (0.2 % of the
+values), which slow x86 arithmetic by ~20 % and which trained weights should rarely produce; the bench
+flushes them to zero (`torch.set_flush_denormal`, results change by < 1.2e-38) unless --keep-denormals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from pathlib import Path
+
+import torch
+
+OFFICIAL_S_PER_STEP = {150: 0.77}  # codes -> official seconds per CFG step (4.1 s prompt, fp32, 2 threads)
+SEARCHED = ("$INDEXTTS_FAST_FULLSIZE", "/work/fullsize-s2mel", "/work/fullsize")
+
+
+def find_model_dir(explicit: str | None, needs: str, what: str) -> Path:
+    """The full-size folder to time: --model-dir, else the first of SEARCHED that holds `needs`."""
+    from ..errors import IndexTTSFastError
+
+    make = "indextts-fast make-checkpoint DIR --size full --only s2mel --only bigvgan"
+    if explicit:
+        if not (Path(explicit) / needs).exists():
+            raise IndexTTSFastError(f"{explicit} has no {needs} ({what}); make a full-size folder with: {make}")
+        return Path(explicit)
+    tried = []
+    for place in SEARCHED:
+        path = os.environ.get(place[1:], "") if place.startswith("$") else place
+        if path:
+            tried.append(path)
+            if (Path(path) / needs).exists():
+                return Path(path)
+    raise IndexTTSFastError(f"no full-size model folder with {needs} found (looked in: {', '.join(tried) or '-'}; "
+                            f"set $INDEXTTS_FAST_FULLSIZE or pass --model-dir DIR); make one with: {make}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-dir", help="full-size model folder (default: " + ", ".join(SEARCHED) + ")")
+    p.add_argument("--prompt-seconds", type=float, default=4.1, help="reference prompt length (default 4.1)")
+    p.add_argument("--codes", type=int, nargs="+", default=[150, 250, 500],
+                   help="GPT codes per case (default 150 250 500: ~3, 5 and 10 s of speech)")
+    p.add_argument("--steps", type=int, default=2, help="solver steps per timed call (default 2)")
+    p.add_argument("--repeat", type=int, default=3, help="timed calls per case (default 3)")
+    p.add_argument("--cfg-rate", type=float, default=0.7, help="classifier-free guidance (default 0.7)")
+    p.add_argument("--keep-denormals", action="store_true", help="do not flush float32 denormals to zero")
+
+
+def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch.Tensor, batch: int) -> float:
+    """FLOPs of one estimator call on a batch of `batch` (CFG: 2): counted matmuls/convs + attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    T = mu.shape[1]
+    x = torch.zeros(batch, estimator.in_channels, T)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        estimator(x, prompt_x.expand(batch, -1, -1), torch.tensor([T]), torch.zeros(batch),
+                  style.expand(batch, -1), mu.expand(batch, -1, -1))
+    layers = estimator.transformer.layers
+    dim = layers[0].attention.wo.weight.shape[0]
+    attention = len(layers) * 4 * batch * T * T * dim  # q·kᵀ and p·v (the CPU flash kernel is not counted)
+    return counter.get_total_flops() + attention
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..config import ModelFolder
+    from ..models.s2mel import S2Mel, target_length
+    from .common import machine, matmul_peak, summary, table, timed
+
+    torch.set_flush_denormal(not args.keep_denormals)
+    folder = ModelFolder(find_model_dir(args.model_dir, "s2mel.pth", "S2Mel weights"))
+    model = S2Mel.from_folder(folder)
+    cfg = folder.config.s2mel
+    hop, sr = cfg.preprocess_params.spect_params.hop_length, cfg.preprocess_params.sr
+    prompt_frames = int(args.prompt_seconds * sr) // hop
+    peaks = [matmul_peak()]  # re-measured after every case; the best one is this machine's peak
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for codes in args.codes:
+        target = target_length(codes)
+        T = prompt_frames + target
+        mu = torch.randn(1, T, cfg.DiT.content_dim, generator=gen)
+        prompt = torch.randn(1, cfg.DiT.in_channels, prompt_frames, generator=gen) - 5
+        style = torch.randn(1, cfg.style_encoder.dim, generator=gen)
+        noise_gen = torch.Generator()
+
+        def solve():
+            noise_gen.manual_seed(1)
+            model.cfm.inference(mu, torch.tensor([T]), prompt, style, args.steps, args.cfg_rate, generator=noise_gen)
+
+        times = [t / args.steps for t in timed(solve, args.repeat, warmup=1)]
+        prompt_x = torch.zeros(1, cfg.DiT.in_channels, T)
+        prompt_x[..., :prompt_frames] = prompt
+        flops = step_flops(model.cfm.estimator, mu, prompt_x, style, 2 if args.cfg_rate > 0 else 1)
+        s = statistics.median(times)
+        cases.append({"case": f"{args.prompt_seconds:g} s prompt + {codes} codes", "codes": codes,
+                      "prompt_frames": prompt_frames, "target_frames": target, "T": T,
+                      "speech_seconds": target * hop / sr, "s_per_step": s,
+                      **{f"step_{k}": v for k, v in summary(times).items()},
+                      "gflop_per_step": flops / 1e9, "gflops": flops / s / 1e9,
+                      "official_s_per_step": OFFICIAL_S_PER_STEP.get(codes),
+                      "s_per_25_steps": 25 * s})
+        peaks.append(matmul_peak())
+    peak = max(peaks)
+    for case in cases:
+        case["fraction_of_peak"] = case["gflops"] * 1e9 / peak
+    result = {"bench": "s2mel", "machine": machine(), "model_dir": str(folder.root),
+              "dit": {"hidden": cfg.DiT.hidden_dim, "depth": cfg.DiT.depth, "heads": cfg.DiT.num_heads,
+                      "wavenet_layers": cfg.wavenet.num_layers},
+              "steps_per_call": args.steps, "cfg_rate": args.cfg_rate, "flush_denormal": not args.keep_denormals,
+              "matmul_peak_gflops": peak / 1e9,
+              "matmul_peak_measurements_gflops": [p / 1e9 for p in peaks], "cases": cases}
+    print(f"S2Mel CFM step (DiT {cfg.DiT.hidden_dim}x{cfg.DiT.depth}, CFG {args.cfg_rate}), "
+          f"{torch.get_num_threads()} threads, fp32 matmul peak {peak / 1e9:.0f} GFLOP/s "
+          f"(best of {', '.join(f'{p / 1e9:.0f}' for p in peaks)}), load avg {result['machine']['load_avg_1m']}")
+    print(table(cases, [("case", "case", ""), ("T", "T", "d"), ("s_per_step", "s/step", ".3f"),
+                        ("step_min_s", "min", ".3f"), ("official_s_per_step", "official", ".2f"),
+                        ("gflop_per_step", "GFLOP/step", ".1f"), ("gflops", "GFLOP/s", ".1f"),
+                        ("fraction_of_peak", "of peak", ".2f"), ("s_per_25_steps", "25 steps s", ".2f")]))
+    return result

@@ -1,0 +1,313 @@
+"""The DiT velocity estimator of S2Mel's flow matching (SPEC-s2mel.md 4.11, 4.13).
+
+Official source: `indextts/s2mel/modules/diffusion_transformer.py` (DiT), `gpt_fast/model.py` (its
+transformer) and `wavenet.py` (WN head). State-dict keys are exactly the official `cfm.estimator.*` ones,
+weight-normed layers included (`checkpoint.weight_norm_layout`; folded after loading).
+
+Only the configuration the official inference runs is built: continuous content (`cond_projection`),
+style concatenated to the input, a WaveNet final layer, long skip, U-ViT skips (optional), no time/style
+token, non-causal. Parameters the forward never uses are still created so that the shipped file loads
+strictly: `x_embedder` (weight-normed Linear), `cond_embedder` (content_codebook_size × D),
+`content_mask_embedder`, and the persistent buffer `input_pos` (0..16383).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checkpoint import weight_norm_layout
+from ..config import S2MelSettings
+from ..errors import ModelFolderError, OptionError
+
+BLOCK_SIZE = 16384  # official DiT hard-codes the RoPE table length and input_pos (config block_size ignored)
+
+
+def _find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - n % k
+
+
+def sequence_mask(lengths: Tensor, max_length: int) -> Tensor:
+    """(B,) lengths -> (B, max_length) bool, True for valid frames."""
+    return torch.arange(max_length, device=lengths.device) < lengths[:, None]
+
+
+class TimestepEmbedder(nn.Module):
+    """t -> [cos(1000·t·f), sin(1000·t·f)] (256) -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, hidden: int, frequency_dim: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        half = frequency_dim // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half))
+
+    def forward(self, t: Tensor) -> Tensor:
+        args = 1000 * t[:, None].float() * self.freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+def rms_normalize(x: Tensor, eps: float) -> Tensor:
+    """x·rsqrt(mean(x²) + eps) computed in float32 (official: x.float(), then cast back)."""
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_normalize(x, self.eps) * self.weight
+
+
+class AdaptiveRMSNorm(nn.Module):
+    """Official `AdaptiveLayerNorm`: [w, b] = Linear(c); w ⊙ RMSNorm(x) + b."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.project_layer = nn.Linear(dim, 2 * dim)
+        self.norm = RMSNorm(dim, eps)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        weight, bias = self.project_layer(c).chunk(2, dim=-1)  # (B, 1, D) each
+        # fewer passes over (B, T, D) than the official op chain: γ is folded into the per-sample scale
+        # (w·γ is B·D multiplies) and the affine part is one addcmul; same math, other rounding order
+        return torch.addcmul(bias, weight * self.norm.weight, rms_normalize(x, self.norm.eps))
+
+
+def rope_table(n_positions: int, head_dim: int, base: float = 10000.0) -> Tensor:
+    """(n_positions, head_dim/2, 2) [cos, sin], built in float32 as the official setup_caches does."""
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, device="cpu")[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(torch.arange(n_positions, device="cpu"), freqs)
+    cis = torch.polar(torch.ones_like(angles), angles)
+    return torch.stack([cis.real, cis.imag], dim=-1)
+
+
+def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
+    """Rotate interleaved pairs (2m, 2m+1) of x (..., T, d) by the (T, d/2, 2) [cos, sin] table, in float32:
+    (x0·cos − x1·sin, x1·cos + x0·sin), i.e. one complex multiplication per pair. The result is contiguous
+    in x's logical order (so a transposed view comes out in (B, heads, T, d) layout for the attention)."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    out = torch.empty(xc.shape, dtype=xc.dtype, device=xc.device)
+    torch.mul(xc, torch.view_as_complex(rope), out=out)
+    return torch.view_as_real(out).flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, rope: Tensor, mask: Optional[Tensor]) -> Tensor:
+        B, T, D = x.shape
+        H = self.n_heads
+        qkv = self.wqkv(x).view(B, T, 3 * H, self.head_dim)
+        qk = apply_rope(qkv[:, :, : 2 * H].transpose(1, 2), rope)  # q and k rotated together, (B, 2H, T, d)
+        q, k = qk[:, :H], qk[:, H:]
+        v = qkv[:, :, 2 * H:].transpose(1, 2).contiguous()  # SDPA is faster on contiguous heads
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(y.transpose(1, 2).reshape(B, T, D))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x), inplace=True).mul_(self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, uvit_skip: bool):
+        super().__init__()
+        self.attention = Attention(dim, n_heads)
+        self.feed_forward = FeedForward(dim, ffn_dim)
+        self.ffn_norm = AdaptiveRMSNorm(dim)
+        self.attention_norm = AdaptiveRMSNorm(dim)
+        if uvit_skip:  # every layer owns one, even those that never receive a skip
+            self.skip_in_linear = nn.Linear(2 * dim, dim)
+
+    def forward(self, x: Tensor, c: Tensor, rope: Tensor, mask: Optional[Tensor], skip: Optional[Tensor]) -> Tensor:
+        if skip is not None:
+            x = self.skip_in_linear(torch.cat([x, skip], dim=-1))
+        h = x + self.attention(self.attention_norm(x, c), rope, mask)
+        return h + self.feed_forward(self.ffn_norm(h, c))
+
+
+class Transformer(nn.Module):
+    """gpt-fast transformer, non-causal, AdaLN-conditioned on c, with U-ViT skips:
+    layers i < n//2 push their output, layers i > n//2 pop one (SPEC 4.11 step 5)."""
+
+    def __init__(self, dim: int, n_heads: int, depth: int, uvit_skip: bool):
+        super().__init__()
+        ffn_dim = _find_multiple(int(2 * (4 * dim) / 3), 256)
+        self.layers = nn.ModuleList(TransformerBlock(dim, n_heads, ffn_dim, uvit_skip) for _ in range(depth))
+        self.norm = AdaptiveRMSNorm(dim)
+        self.uvit_skip = uvit_skip
+        # Not in the checkpoint (official setup_caches builds it): float32 RoPE table for BLOCK_SIZE positions.
+        self.register_buffer("rope", rope_table(BLOCK_SIZE, dim // n_heads), persistent=False)
+
+    def forward(self, x: Tensor, c: Tensor, mask: Optional[Tensor]) -> Tensor:
+        T = x.shape[1]
+        if T > BLOCK_SIZE:
+            raise OptionError(f"sequence of {T} frames exceeds the DiT's {BLOCK_SIZE}-position RoPE table")
+        rope = self.rope[:T]
+        n = len(self.layers)
+        skips: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            skip = skips.pop() if self.uvit_skip and i > n // 2 else None
+            x = layer(x, c, rope, mask, skip)
+            if self.uvit_skip and i < n // 2:
+                skips.append(x)
+        return self.norm(x, c)
+
+
+# ---- WaveNet head ----------------------------------------------------------------------------------
+def reflect_pad(x: Tensor, left: int, right: int) -> Tensor:
+    """Official `pad1d(mode="reflect")`: inputs too short to reflect get zeros appended first."""
+    if left == 0 and right == 0:
+        return x
+    extra = max(left, right) - x.shape[-1] + 1 if x.shape[-1] <= max(left, right) else 0
+    if extra:
+        x = F.pad(x, (0, extra))
+    padded = F.pad(x, (left, right), mode="reflect")
+    return padded[..., : padded.shape[-1] - extra] if extra else padded
+
+
+class _Holder(nn.Module):
+    """Gives the official `conv.conv.*` nesting of SConv1d -> NormConv1d -> Conv1d."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+
+
+class ReflectConv1d(nn.Module):
+    """Official `SConv1d(norm="weight_norm")`, non-causal, stride 1: reflect padding of (k-1)·dilation
+    split evenly (any `padding` argument given in the official code is silently ignored)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
+        super().__init__()
+        self.conv = _Holder(weight_norm_layout(nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation)))
+        total = (kernel_size - 1) * dilation
+        self.pad = (total - total // 2, total // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self.conv.conv
+        if conv.kernel_size[0] == 1:  # a batched matrix product (torch's 1×1 conv path is slow on CPU)
+            return torch.baddbmm(conv.bias[:, None], conv.weight[:, :, 0].expand(x.shape[0], -1, -1), x)
+        return conv(reflect_pad(x, *self.pad))
+
+
+class WaveNet(nn.Module):
+    """Official `WN` with a global condition g (B, gin, 1): gated tanh·sigmoid residual/skip layers."""
+
+    def __init__(self, hidden: int, kernel_size: int, dilation_rate: int, n_layers: int, gin_channels: int):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ModelFolderError(f"s2mel.wavenet.kernel_size must be odd (official assert), got {kernel_size}")
+        self.hidden, self.n_layers = hidden, n_layers
+        self.cond_layer = ReflectConv1d(gin_channels, 2 * hidden * n_layers, 1)
+        self.in_layers = nn.ModuleList(
+            ReflectConv1d(hidden, 2 * hidden, kernel_size, dilation_rate ** i) for i in range(n_layers))
+        self.res_skip_layers = nn.ModuleList(
+            ReflectConv1d(hidden, 2 * hidden if i < n_layers - 1 else hidden, 1) for i in range(n_layers))
+
+    def forward(self, x: Tensor, mask: Optional[Tensor], g: Tensor) -> Tensor:
+        H = self.hidden
+        g = self.cond_layer(g)
+        output: Optional[Tensor] = None
+        for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+            a = in_layer(x).add_(g[:, 2 * i * H: 2 * (i + 1) * H])
+            acts = a[:, :H].tanh_().mul_(a[:, H:].sigmoid_())  # tanh(a1)·sigmoid(a2), in place
+            rs = res_skip(acts)
+            skip = rs[:, H:] if i < self.n_layers - 1 else rs
+            output = skip if output is None else output + skip  # official starts from zeros: 0 + a == a
+            if i < self.n_layers - 1:
+                x = x + rs[:, :H]
+                if mask is not None:
+                    x = x * mask
+        return output if mask is None else output * mask
+
+
+class FinalLayer(nn.Module):
+    """[shift, scale] = Linear(SiLU(c)); LayerNorm(no affine, eps 1e-6)(x)·(1 + scale) + shift; WN Linear."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.linear = weight_norm_layout(nn.Linear(hidden, hidden))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(self.norm_final(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1))
+
+
+# ---- the estimator -----------------------------------------------------------------------------------
+class DiT(nn.Module):
+    """forward(x, prompt_x, x_lens, t, style, mu) -> velocity (B', 80, T); shapes in SPEC-s2mel.md 4.11."""
+
+    def __init__(self, cfg: S2MelSettings):
+        super().__init__()
+        d, wn = cfg.DiT, cfg.wavenet
+        unsupported = [name for name, ok in [
+            ("final_layer_type 'wavenet'", d.final_layer_type == "wavenet"),
+            ("style_condition true", d.style_condition and wn.style_condition),
+            ("long_skip_connection true", d.long_skip_connection),
+            ("time_as_token false", not d.time_as_token), ("style_as_token false", not d.style_as_token),
+            ("is_causal false", not d.is_causal), ("dit_type 'DiT'", cfg.dit_type == "DiT"),
+        ] if not ok]
+        if unsupported:
+            raise ModelFolderError("config.yaml s2mel: only the official inference configuration is supported; "
+                                   "needs " + ", ".join(unsupported))
+        if wn.hidden_dim != d.hidden_dim:
+            raise ModelFolderError(f"s2mel.wavenet.hidden_dim ({wn.hidden_dim}) must equal s2mel.DiT.hidden_dim "
+                                   f"({d.hidden_dim}): the official final layer is fed the DiT time embedding")
+        if d.hidden_dim % d.num_heads or (d.hidden_dim // d.num_heads) % 2:
+            raise ModelFolderError(f"s2mel.DiT.hidden_dim {d.hidden_dim} / num_heads {d.num_heads} must be an "
+                                   "even integer (RoPE rotates pairs)")
+        D, C, style_dim = d.hidden_dim, d.in_channels, cfg.style_encoder.dim
+        self.in_channels = C
+        self.transformer = Transformer(D, d.num_heads, d.depth, d.uvit_skip_connection)
+        self.x_embedder = weight_norm_layout(nn.Linear(C, D))  # unused
+        self.cond_embedder = nn.Embedding(d.content_codebook_size, D)  # unused
+        self.cond_projection = nn.Linear(d.content_dim, D)
+        self.t_embedder = TimestepEmbedder(D)
+        self.register_buffer("input_pos", torch.arange(BLOCK_SIZE))  # unused (positions are 0..T-1)
+        self.t_embedder2 = TimestepEmbedder(wn.hidden_dim)
+        self.conv1 = nn.Linear(D, wn.hidden_dim)
+        self.conv2 = nn.Conv1d(wn.hidden_dim, C, 1)
+        self.wavenet = WaveNet(wn.hidden_dim, wn.kernel_size, wn.dilation_rate, wn.num_layers, wn.hidden_dim)
+        self.final_layer = FinalLayer(wn.hidden_dim)
+        self.res_projection = nn.Linear(D, wn.hidden_dim)
+        self.content_mask_embedder = nn.Embedding(1, D)  # unused
+        self.skip_linear = nn.Linear(D + C, D)
+        self.cond_x_merge_linear = nn.Linear(D + 2 * C + style_dim, D)
+
+    def forward(self, x: Tensor, prompt_x: Tensor, x_lens: Tensor, t: Tensor, style: Tensor, mu: Tensor) -> Tensor:
+        B, _, T = x.shape
+        t1 = self.t_embedder(t)
+        xt = x.transpose(1, 2)
+        h = torch.cat([xt, prompt_x.transpose(1, 2), self.cond_projection(mu), style[:, None, :].expand(B, T, -1)], -1)
+        h = self.cond_x_merge_linear(h)
+        # Key mask from x_lens (official: a (1, 1, T, T) boolean mask). All-valid -> no mask at all.
+        valid = sequence_mask(x_lens, T) if bool((x_lens < T).any()) else None
+        h = self.transformer(h, t1.unsqueeze(1), None if valid is None else valid[:, None, None, :])
+        x_res = self.skip_linear(torch.cat([h, xt], dim=-1))
+        y = self.conv1(x_res).transpose(1, 2)
+        wn_mask = None if valid is None else valid[:, None, :].to(y.dtype)
+        y = self.wavenet(y, wn_mask, self.t_embedder2(t).unsqueeze(2)).transpose(1, 2) + self.res_projection(x_res)
+        y = self.final_layer(y, t1)
+        # conv2 is a 1×1 Conv1d: applied as a Linear on the time-major y, then viewed as (B', 80, T)
+        return F.linear(y, self.conv2.weight[:, :, 0], self.conv2.bias).transpose(1, 2)
