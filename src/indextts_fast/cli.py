@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("indextts_fast.commands.compare", "speak texts x voices x presets with the same seeds, measure every clip"),
     "listen": ("indextts_fast.commands.listen", "blind listening test of a compare run (127.0.0.1), MOS per preset"),
     "soak": ("indextts_fast.commands.soak", "many consecutive generations, flagging every anomaly"),
+    "fidelity": ("indextts_fast.commands.fidelity", "measure a bf16/int8 precision mode against fp32, stage by stage"),
     "check-parity": ("indextts_fast.parity.command", "check a reference folder's goldens against this implementation"),
     "make-checkpoint": ("indextts_fast.makeckpt", "write a random-weight model folder in the official layout"),
     "bench": ("indextts_fast.benchmarks", "time one stage on a full-size random model (gpt, s2mel, vocoder, text)"),

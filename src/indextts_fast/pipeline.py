@@ -1,6 +1,7 @@
 """The engine: load a model folder once, then synthesise text in a voice, stage by stage, timed.
 
     engine = Engine("checkpoints/")                      # or Engine(folder, device="cuda", threads=2)
+    fast = Engine("checkpoints/", precision="int8")      # or "bf16", or {"gpt": "int8", "s2mel": "bf16"}
     result = engine.synthesize("Hello there.", voice="me.wav", preset="aggressive", seed=1)
     result.save("out.wav"); print(result.timings.table())
 
@@ -10,6 +11,10 @@ by audio content or by registered speaker_id; text -> segments; per segment: emo
 (gpt_gen), latents (gpt_forward), S2Mel (s2mel), BigVGAN (bigvgan); segments joined with silence.
 Unlike the official code, the speaker latent and the emotion vector are computed once per request, not
 once per segment (identical values), and the cache is keyed by content, not by path.
+
+Precision (`precision=`, see precision.py) is an engine option, independent of presets: fp32 (default)
+is exact parity; "bf16" / "int8" / a per-stage mapping trade measured fidelity (`indextts-fast fidelity`)
+for speed. The GPT is converted once at load; s2mel, vocoder and conditioning run under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -129,16 +134,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def decoding_options(settings: Settings, forced_codes: Optional[int] = None):
-    """The GPT decoding options of a request; `forced_codes` = exactly that many codes (stop suppressed)."""
-    from .decoding import DecodingOptions
-
-    return DecodingOptions(num_beams=settings.num_beams, do_sample=settings.do_sample, top_p=settings.top_p,
-                           top_k=settings.top_k, temperature=settings.temperature,
-                           repetition_penalty=settings.repetition_penalty, length_penalty=settings.length_penalty,
-                           max_mel_tokens=forced_codes or settings.max_mel_tokens, min_new_tokens=forced_codes or 0)
-
-
 class _LRU(OrderedDict):
     def __init__(self, size: int):
         super().__init__()
@@ -161,42 +156,57 @@ class Engine:
     """An IndexTTS2 model folder loaded once; `synthesize` runs requests against it."""
 
     def __init__(self, model_dir: str | Path | ModelFolder, device: str = "cpu", threads: Optional[int] = None,
-                 store=None, cache_size: int = 16):
+                 store=None, cache_size: int = 16, precision=None):
         from . import audio, features
-        from .decoding import generate, trim_codes  # noqa: F401  (fail early if missing)
         from .emotion import EmotionMatrices
         from .models.bigvgan import BigVGAN
         from .models.campplus import CAMPPlus
         from .models.codec import SemanticCodec
         from .models.gpt import load_gpt
         from .models.s2mel import S2Mel
+        from .precision import convert_gpt_, prepare_vocoder_, resolve_precision
         from .text import TextFrontEnd
 
         if threads is not None:
             if threads < 1:
                 raise OptionError(f"threads={threads} must be >= 1")
             torch.set_num_threads(threads)
+        self.precision = resolve_precision(precision)  # {stage: fp32|bf16|int8|int8dyn}, validated first
         self.folder = model_dir if isinstance(model_dir, ModelFolder) else ModelFolder(model_dir)
         self.device = torch.device(device)
         self.store = store
         self._audio = audio
         self.text = TextFrontEnd(self.folder.bpe_model)
-        self.gpt = load_gpt(self.folder).to(self.device)
+        self.gpt = convert_gpt_(load_gpt(self.folder).to(self.device), self.precision["gpt"])
         self.emotions = EmotionMatrices.from_folder(self.folder)
         self.w2v = features.SemanticFeatures.from_folder(self.folder).to(self.device)
         self.codec = SemanticCodec.from_folder(self.folder).to(self.device)
         self.campplus = CAMPPlus.from_folder(self.folder).to(self.device)
         self.s2mel = S2Mel.from_folder(self.folder).to(self.device)
-        self.vocoder = BigVGAN.from_folder(self.folder).to(self.device)
+        self.vocoder = prepare_vocoder_(BigVGAN.from_folder(self.folder).to(self.device), self.precision["vocoder"])
         self.fingerprint = self.folder.fingerprint()
+        # The on-disk extraction cache is kept apart per conditioning precision (fp32 entries stay exact);
+        # registered speakers use the plain fingerprint whatever the precision they were extracted with.
+        cond = self.precision["conditioning"]
+        self._cache_fingerprint = self.fingerprint if cond == "fp32" else f"{self.fingerprint}+conditioning-{cond}"
         self._speakers = _LRU(cache_size)  # audio content hash -> SpeakerConditioning
         self._emotions = _LRU(cache_size)  # content hash -> emo_cond_emb
         self.extractions = 0  # how many times reference features were extracted (tests read it)
 
     # ---- reference audio -------------------------------------------------------------------------
+    def _autocast(self, stage: str):
+        from .precision import autocast
+
+        return autocast(self.device, self.precision[stage])
+
     @torch.inference_mode()
     def extract_speaker(self, audio_path: str | Path) -> SpeakerConditioning:
-        """Run the whole reference-audio stage on a clip (no cache)."""
+        """Run the whole reference-audio stage on a clip (no cache); float outputs are fp32 in every mode."""
+        with self._autocast("conditioning"):
+            cond = self._extract_speaker(audio_path)
+        return SpeakerConditioning(**{k: v.float() if v.is_floating_point() else v for k, v in cond.__dict__.items()})
+
+    def _extract_speaker(self, audio_path: str | Path) -> SpeakerConditioning:
         a = self._audio
         self.extractions += 1
         ref = a.load_reference(audio_path)
@@ -228,13 +238,13 @@ class Engine:
         digest = sha256_file(voice)
         cond = self._speakers.get_fresh(digest)
         if cond is None and self.store is not None:
-            cached = self.store.cache_get(digest, self.fingerprint)
+            cached = self.store.cache_get(digest, self._cache_fingerprint)
             cond = SpeakerConditioning.from_tensors(cached, self.device) if cached is not None else None
         hit = cond is not None
         if cond is None:
             cond = self.extract_speaker(voice)
             if self.store is not None:
-                self.store.cache_put(digest, self.fingerprint, cond.tensors())
+                self.store.cache_put(digest, self._cache_fingerprint, cond.tensors())
         self._speakers.put(digest, cond)
         if timer:
             timer.timings.speaker_cache = "hit" if hit else "miss"
@@ -255,7 +265,8 @@ class Engine:
         digest = sha256_file(audio_path)
         emb = self._emotions.get_fresh(digest)
         if emb is None:
-            emb = self.w2v(self._audio.load_emotion_audio(audio_path).to(self.device))
+            with self._autocast("conditioning"):
+                emb = self.w2v(self._audio.load_emotion_audio(audio_path).to(self.device)).float()
             self._emotions.put(digest, emb)
         return emb
 
@@ -328,7 +339,7 @@ class Engine:
         from .decoding import MaxMelTokensWarning, generate, trim_codes
 
         text_ids = torch.tensor(ids, dtype=torch.int32, device=self.device)
-        options = decoding_options(settings, forced_codes)
+        options = settings.decoding(forced_codes)
         stop = self.folder.config.gpt.stop_mel_token
         with timer.stage("gpt_gen"), warnings.catch_warnings():
             warnings.simplefilter("ignore", MaxMelTokensWarning)  # one warning per request, in synthesize
@@ -336,10 +347,10 @@ class Engine:
         codes, code_lens, hit_max = trim_codes(generation.codes, stop)
         with timer.stage("gpt_forward"):
             latent = self.gpt.latents(spk.spk_latent, text_ids, codes, emovec)
-        with timer.stage("s2mel"):
-            vc_target = self._s2mel(spk, codes, latent, settings, gen, noise)
-        with timer.stage("bigvgan"):
-            wav = self.vocoder(vc_target).reshape(1, -1)
+        with timer.stage("s2mel"), self._autocast("s2mel"):
+            vc_target = self._s2mel(spk, codes, latent, settings, gen, noise).float()
+        with timer.stage("bigvgan"), self._autocast("vocoder"):
+            wav = self.vocoder(vc_target).float().reshape(1, -1)
             wav_pcm = (wav * PCM_SCALE).clamp(-PCM_SCALE, PCM_SCALE)
         return SegmentResult(ids, codes, hit_max, wav_pcm)
 

@@ -5,6 +5,8 @@ streaming-read bandwidth. Reported: prefill time, median per-step decode time, c
 beam count, the beam-step / single-step ratio, and the latent pass. Run on a full-size random folder:
 `indextts-fast make-checkpoint /work/fullsize --size full --only gpt`. `--baseline` also times the decode step
 with the official (in, out) weight layout (HF Conv1D's addmm) in the same run, for comparison.
+`--precision fp32,bf16,int8,int8dyn` (default) times every GPT precision side by side (see precision.py),
+each against the floor of ITS weight bytes (bf16 halves them, int8 quarters them).
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-codes", type=int, default=200, help="codes in the timed latent pass (default 200)")
     p.add_argument("--generate-codes", type=int, default=24,
                    help="codes of the timed end-to-end generate() per beam count (0 skips; default 24)")
+    p.add_argument("--precision", default="fp32,bf16,int8,int8dyn",
+                   help="comma-separated GPT precisions to time side by side (default fp32,bf16,int8,int8dyn)")
     p.add_argument("--baseline", action="store_true",
                    help="also time the decode step with the official (in, out) weight layout")
 
 
 def weight_bytes_per_step(model) -> int:
-    """Bytes a decode step must read: every GPT-2 block and ln_f, final_norm and mel_head."""
-    mods = [model.gpt, model.final_norm, model.mel_head]
-    return sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
+    """Bytes a decode step must read: every GPT-2 block and ln_f, final_norm and mel_head (any precision)."""
+    from ..precision import gpt_weight_bytes
+
+    return gpt_weight_bytes(model)
 
 
 def _decode_times(model, prompt, valid, rows: int, context: int, steps: int, seed: int = 0) -> list[float]:
@@ -78,12 +83,58 @@ def _generate_times(model, spk_latent, text, emovec, args) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from ..precision import convert_gpt_
+    from .common import machine, read_bandwidth, table
+
+    bandwidth = read_bandwidth()
+    result = {"machine": machine(), "model_dir": str(args.model_dir), "text_tokens": args.text_tokens,
+              "context": args.context, "modes": [], "precisions": {}}
+    for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
+        result["precisions"][precision] = _run_precision(args, precision, result["modes"], convert_gpt_)
+    # The floor uses the best bandwidth seen (measured before and after): contention only lowers it.
+    bandwidth = max(bandwidth, read_bandwidth())
+    result["read_bandwidth_GBps"] = bandwidth / 1e9
+    base = {(m["precision"], m["layout"], m["beams"]): m["step_ms"] for m in result["modes"]}
+    fp32 = {m["beams"]: m["step_ms"] for m in result["modes"] if m["precision"] == "fp32" and m["layout"].startswith("fast")}
+    for m in result["modes"]:
+        floor_s = m["weight_bytes"] / bandwidth
+        single = base.get((m["precision"], m["layout"], 1))
+        m.update(floor_ms=floor_s * 1e3, step_over_floor=m["step_ms"] / 1e3 / floor_s,
+                 over_1_beam=m["step_ms"] / single if single else None,
+                 speedup_vs_fp32=fp32[m["beams"]] / m["step_ms"] if m["beams"] in fp32 else None)
+    for p in result["precisions"].values():
+        p["floor_ms"] = p["weight_bytes_per_step"] / bandwidth * 1e3
+    result["load_avg_after"] = os.getloadavg()[0]
+    first = next(iter(result["precisions"].values()))
+    print(f"GPT {first['layers']} layers x {first['model_dim']}, {torch.get_num_threads()} threads; "
+          f"{machine()['cpu']}; load avg {result['machine']['load_avg_1m']:.2f} -> {result['load_avg_after']:.2f}; "
+          f"read bandwidth {bandwidth / 1e9:.1f} GB/s")
+    for name, p in result["precisions"].items():
+        print(f"{name:>8}: weights read per step {p['weight_bytes_per_step'] / 1e9:.3f} GB -> floor "
+              f"{p['floor_ms']:.1f} ms/step; load {p['load_s']:.1f} s; prefill ({p['prefill']['positions']} "
+              f"positions) {p['prefill']['median_s'] * 1e3:.1f} ms; latent pass ({args.latent_codes} codes) "
+              f"{p['latent_pass']['median_s'] * 1e3:.1f} ms")
+    print(table(result["modes"], [("precision", "precision", "s"), ("layout", "layout", "s"), ("beams", "beams", "d"),
+                                  ("step_ms", "step ms", ".1f"), ("step_min_ms", "min ms", ".1f"),
+                                  ("codes_per_s", "codes/s", ".1f"), ("floor_ms", "floor ms", ".1f"),
+                                  ("step_over_floor", "x floor", ".2f"), ("over_1_beam", "x 1 beam", ".2f"),
+                                  ("speedup_vs_fp32", "vs fp32", ".2f")]))
+    for name, p in result["precisions"].items():
+        for g in p["generate"]:
+            print(f"{name:>8} generate() {g['mode']} {g['beams']} beam(s), {g['codes']} codes incl. prefill: "
+                  f"{g['total_s']:.2f} s = {g['ms_per_code']:.1f} ms/code")
+    return result
+
+
+def _run_precision(args, precision: str, modes_out: list, convert_gpt_) -> dict:
+    """Load the GPT in `precision`, time prefill, latent pass, decode steps and generate(); append the
+    decode-step entries to modes_out; return this precision's summary."""
     from ..decoding import KVCache, prefill
     from ..models.gpt import Conv1D, load_gpt
-    from .common import machine, read_bandwidth, summary, table, timed
+    from .common import summary, timed
 
     t0 = time.perf_counter()
-    model = load_gpt(args.model_dir)
+    model = convert_gpt_(load_gpt(args.model_dir), precision)
     load_s = time.perf_counter() - t0
     cfg = model.cfg
     gen = torch.Generator().manual_seed(0)
@@ -91,23 +142,17 @@ def run(args: argparse.Namespace) -> dict:
     spk_latent = torch.randn(1, 32, d, generator=gen)
     emovec = 0.1 * torch.randn(1, d, generator=gen)
     text = torch.randint(2, cfg.number_text_tokens, (args.text_tokens,), generator=gen)
-    bandwidth = read_bandwidth()
     wbytes = weight_bytes_per_step(model)
-    floor_s = wbytes / bandwidth
-    result = {"machine": machine(), "model_dir": str(args.model_dir), "load_s": load_s,
-              "model_dim": d, "layers": cfg.layers, "text_tokens": args.text_tokens, "context": args.context,
-              "read_bandwidth_GBps": bandwidth / 1e9, "weight_bytes_per_step": wbytes,
-              "floor_ms": floor_s * 1e3, "modes": []}
-    rows_out = []
+    out = {"load_s": load_s, "model_dim": d, "layers": cfg.layers, "weight_bytes_per_step": wbytes}
     with torch.inference_mode():
         prompt, valid = model.prompt(spk_latent, text, emovec)
         prefill_times = timed(lambda: prefill(model, prompt, valid, KVCache(model, 1, 1)), args.repeat)
-        result["prefill"] = {**summary(prefill_times), "positions": prompt.shape[1] + 1}
+        out["prefill"] = {**summary(prefill_times), "positions": prompt.shape[1] + 1}
         codes = torch.randint(0, cfg.number_mel_codes - 2, (args.latent_codes,), generator=gen)
         latent_times = timed(lambda: model.latents(spk_latent, text, codes, emovec), args.repeat)
-        result["latent_pass"] = {**summary(latent_times), "codes": args.latent_codes}
+        out["latent_pass"] = {**summary(latent_times), "codes": args.latent_codes}
         layouts = [("fast (out,in)", None)]
-        if args.baseline:
+        if args.baseline and precision == "fp32":
             layouts.append(("official (in,out)", "official"))
         for layout, flag in layouts:
             if flag == "official":
@@ -116,36 +161,10 @@ def run(args: argparse.Namespace) -> dict:
                         m.weight = torch.nn.Parameter(m.weight.detach().contiguous(), requires_grad=False)
             for beams in args.beams:
                 s = summary(_decode_times(model, prompt, valid, beams, args.context, args.steps))
-                entry = {"layout": layout, "beams": beams, "step_ms": s["median_s"] * 1e3,
-                         "step_min_ms": s["min_s"] * 1e3, "codes_per_s": 1.0 / s["median_s"],
-                         "floor_ms": floor_s * 1e3, "step_over_floor": s["median_s"] / floor_s}
-                result["modes"].append(entry)
-                rows_out.append(entry)
-        if args.baseline:
+                modes_out.append({"precision": precision, "layout": layout, "beams": beams,
+                                  "step_ms": s["median_s"] * 1e3, "step_min_ms": s["min_s"] * 1e3,
+                                  "codes_per_s": 1.0 / s["median_s"], "weight_bytes": wbytes})
+        if args.baseline and precision == "fp32":
             model.fast_layout_()
-        result["generate"] = _generate_times(model, spk_latent, text, emovec, args) if args.generate_codes else []
-    base = {(m["layout"], m["beams"]): m["step_ms"] for m in result["modes"]}
-    for m in result["modes"]:
-        single = base.get((m["layout"], 1))
-        m["over_1_beam"] = m["step_ms"] / single if single else None
-    # The floor uses the best bandwidth seen (measured before and after): contention only lowers it.
-    bandwidth = max(bandwidth, read_bandwidth())
-    floor_s = wbytes / bandwidth
-    result.update(read_bandwidth_GBps=bandwidth / 1e9, floor_ms=floor_s * 1e3)
-    for m in result["modes"]:
-        m.update(floor_ms=floor_s * 1e3, step_over_floor=m["step_ms"] / 1e3 / floor_s)
-    result["load_avg_after"] = os.getloadavg()[0]
-    print(f"GPT {cfg.layers} layers x {d}, fp32, {torch.get_num_threads()} threads; {machine()['cpu']}; "
-          f"load avg {result['machine']['load_avg_1m']:.2f} -> {result['load_avg_after']:.2f}")
-    print(f"weights read per step {wbytes / 1e9:.3f} GB, read bandwidth {bandwidth / 1e9:.1f} GB/s "
-          f"-> floor {floor_s * 1e3:.1f} ms/step; load {load_s:.1f} s")
-    print(f"prefill ({result['prefill']['positions']} positions): {result['prefill']['median_s'] * 1e3:.1f} ms; "
-          f"latent pass ({args.latent_codes} codes): {result['latent_pass']['median_s'] * 1e3:.1f} ms")
-    print(table(rows_out, [("layout", "layout", "s"), ("beams", "beams", "d"), ("step_ms", "step ms", ".1f"),
-                           ("step_min_ms", "min ms", ".1f"), ("codes_per_s", "codes/s", ".1f"),
-                           ("floor_ms", "floor ms", ".1f"), ("step_over_floor", "x floor", ".2f"),
-                           ("over_1_beam", "x 1 beam", ".2f")]))
-    for g in result["generate"]:
-        print(f"generate() {g['mode']} {g['beams']} beam(s), {g['codes']} codes incl. prefill: "
-              f"{g['total_s']:.2f} s = {g['ms_per_code']:.1f} ms/code")
-    return result
+        out["generate"] = _generate_times(model, spk_latent, text, emovec, args) if args.generate_codes else []
+    return out

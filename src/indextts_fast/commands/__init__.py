@@ -45,7 +45,28 @@ def add_engine_arguments(p: argparse.ArgumentParser, model_required: bool = True
     p.add_argument("--model-dir", required=model_required, metavar="DIR", help="an IndexTTS2 model folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_precision_argument(p)
     add_store_argument(p)
+
+
+def add_precision_argument(p: argparse.ArgumentParser, default: str = "fp32", many: bool = False) -> None:
+    # Names as in precision.MODES / STAGES (not imported here: parsers stay free of torch).
+    what = "comma-separated modes" if many else "a mode"
+    p.add_argument("--precision", default=default, metavar="MODE" + ("[,MODE...]" if many else ""),
+                   help=f"{what}: fp32 (exact parity, default), bf16, int8 (GPT int8 weights + the rest bf16), "
+                        "int8dyn (GPT int8 weights and activations + the rest bf16), or per stage "
+                        "(gpt/s2mel/vocoder/conditioning) as STAGE=P joined by '+', e.g. gpt=int8+s2mel=bf16")
+
+
+def parse_precision(text: str):
+    """'bf16' -> 'bf16'; 'gpt=int8+s2mel=bf16' -> {'gpt': 'int8', 's2mel': 'bf16'} (validated by the engine)."""
+    if "=" not in text:
+        return text.strip()
+    out = {}
+    for part in text.split("+"):
+        stage, _, value = part.partition("=")
+        out[stage.strip()] = value.strip()
+    return out
 
 
 def open_store(args: argparse.Namespace):
@@ -57,4 +78,5 @@ def open_store(args: argparse.Namespace):
 def open_engine(args: argparse.Namespace, model_dir=None):
     from ..pipeline import Engine
 
-    return Engine(model_dir or args.model_dir, device=args.device, threads=args.threads, store=open_store(args))
+    return Engine(model_dir or args.model_dir, device=args.device, threads=args.threads, store=open_store(args),
+                  precision=parse_precision(getattr(args, "precision", "fp32")))

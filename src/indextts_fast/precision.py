@@ -1,0 +1,239 @@
+"""Reduced-precision modes per stage: fp32 (exact, the parity reference and the default), bf16, int8.
+
+A precision is chosen per stage: `gpt` (the decode loop, prefill and latent pass), `s2mel` (semantic
+vectors, length regulator and the DiT flow matching), `vocoder` (BigVGAN) and `conditioning` (the
+reference-audio stage: w2v-bert, codec, CAMPPlus, the GPT speaker latent). `resolve_precision` accepts a
+mode name (below) or a per-stage mapping, e.g. {"gpt": "int8", "s2mel": "bf16"} (missing stages: fp32).
+
+    mode      gpt       s2mel  vocoder  conditioning
+    fp32      fp32      fp32   fp32     fp32           exact parity (default)
+    bf16      bf16      bf16   bf16     bf16
+    int8      int8      bf16   bf16     bf16           GPT weight-only int8, the rest bf16
+    int8dyn   int8dyn   bf16   bf16     bf16           GPT int8 weights AND int8 activations (CPU, fbgemm)
+
+How each is done:
+- GPT: the GPT-2 projections (`Conv1D`) and `mel_head` are swapped for modules of the same contract
+  (fp32 in, fp32 out): `BF16Linear` (bf16 weights, bf16 GEMM), `Int8Linear` (per-output-channel symmetric
+  int8 weights; 1-8 rows: `torch._weight_int8pack_mm` with bf16 activations, the weight read once as
+  int8; more rows (prefill, latent pass): dequantised to bf16 and one bf16 GEMM (AMX)), `DynamicInt8Linear`
+  (fbgemm `quantized.linear_dynamic`: activations quantised per tensor on the fly, int8 x int8 -> int32,
+  VNNI). LayerNorms, attention, softmax, the KV cache and the logits processors stay fp32.
+- s2mel, vocoder, conditioning: `torch.autocast(device_type, bfloat16)` around the stage: matmuls, convs
+  and SDPA run in bf16 (AMX on CPU), norms/softmax/reductions in fp32 (autocast's fp32 list); the
+  stage's output is cast back to fp32.
+Measured agreement with fp32: `indextts-fast fidelity`; speed: `indextts-fast profile --precision ...`.
+On a 2-core AMX Xeon (full-size GPT, 2 threads), the raw 1-row kernels read int8 weights at ~16 GB/s
+(`_weight_int8pack_mm`) and ~23 GB/s (fbgemm dynamic), the bf16 GEMV at ~17 GB/s, fp32 F.linear at
+~25 GB/s: int8dyn is the fastest decode step, int8 the weight-only one the logits error is bounded by.
+Threads: the engine's `threads` (profile/bench default 2 = the physical cores of such a box).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import OptionError
+
+STAGES = ("gpt", "s2mel", "vocoder", "conditioning")
+STAGE_CHOICES = {"gpt": ("fp32", "bf16", "int8", "int8dyn"), "s2mel": ("fp32", "bf16"),
+                 "vocoder": ("fp32", "bf16"), "conditioning": ("fp32", "bf16")}
+MODES: dict[str, dict[str, str]] = {
+    "fp32": dict.fromkeys(STAGES, "fp32"),
+    "bf16": dict.fromkeys(STAGES, "bf16"),
+    "int8": {"gpt": "int8", "s2mel": "bf16", "vocoder": "bf16", "conditioning": "bf16"},
+    "int8dyn": {"gpt": "int8dyn", "s2mel": "bf16", "vocoder": "bf16", "conditioning": "bf16"},
+}
+GEMV_ROWS = 8  # Int8Linear: up to this many rows use the int8 GEMV kernel, more rows a bf16 GEMM
+
+Precision = Union[None, str, Mapping[str, str]]
+
+
+def resolve_precision(precision: Precision = None) -> dict[str, str]:
+    """A mode name, a per-stage mapping or None (fp32) -> {stage: precision} for every stage."""
+    if precision is None:
+        return dict(MODES["fp32"])
+    if isinstance(precision, str):
+        if precision not in MODES:
+            raise OptionError(f"unknown precision {precision!r}; modes are {', '.join(MODES)} "
+                              f"(or a per-stage mapping over {', '.join(STAGES)})")
+        return dict(MODES[precision])
+    if not isinstance(precision, Mapping):
+        raise OptionError(f"precision must be a mode name or a {{stage: precision}} mapping, "
+                          f"got {type(precision).__name__}")
+    unknown = sorted(set(precision) - set(STAGES))
+    if unknown:
+        raise OptionError(f"unknown stage(s) {', '.join(map(str, unknown))} in precision; stages are {', '.join(STAGES)}")
+    out = dict(MODES["fp32"])
+    for stage, value in precision.items():
+        if value not in STAGE_CHOICES[stage]:
+            raise OptionError(f"precision {value!r} is not available for stage {stage!r}: choose one of "
+                              f"{', '.join(STAGE_CHOICES[stage])}")
+        out[stage] = value
+    return out
+
+
+def describe(precision: Mapping[str, str]) -> str:
+    return ", ".join(f"{s}={precision[s]}" for s in STAGES)
+
+
+def autocast(device: Union[str, torch.device], mode: str):
+    """The context a bf16 stage runs in (autocast to bfloat16); a no-op context for fp32."""
+    if mode == "fp32":
+        return contextlib.nullcontext()
+    if mode != "bf16":
+        raise OptionError(f"stage precision {mode!r} has no autocast form (use fp32 or bf16)")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def prepare_vocoder_(vocoder: nn.Module, mode: str) -> nn.Module:
+    """Make a BigVGAN safe to run under bf16 autocast: its anti-aliased activations write into
+    preallocated fp32 buffers with `out=` products (which autocast does not cover), so they run in fp32
+    with autocast off (the activation is elementwise + small resampling products; the convolutions around
+    it stay bf16). Done per instance; fp32 changes nothing."""
+    if mode == "fp32":
+        return vocoder
+    for m in vocoder.modules():
+        if hasattr(m, "padded") and not getattr(m, "_fp32_padded", False):
+            m.padded = _fp32_method(m.padded)
+            m._fp32_padded = True
+    return vocoder
+
+
+def _fp32_method(method):
+    def run(x: torch.Tensor, *args, **kwargs):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return method(x.float(), *args, **kwargs)
+    return run
+
+
+# ---- linear layers of the GPT ------------------------------------------------------------------------
+
+def _2d(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+class BF16Linear(nn.Module):
+    """y = x·Wᵀ + b with W held in bf16 (out, in); x is cast to bf16, y returned in fp32 (bias in fp32)."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().to(torch.bfloat16).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: W (out, in) ≈ q · scale[:, None], q in [-127, 127]."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scale
+
+
+class Int8Linear(nn.Module):
+    """Weight-only int8 (per-output-channel scales), activations bf16, result fp32.
+
+    <= GEMV_ROWS rows: `torch._weight_int8pack_mm` (reads the int8 weight once; CPU, MPS); more rows, or a
+    device without that kernel: the weight is dequantised to bf16 for one GEMM.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        super().__init__()
+        q, scale = quantize_int8(weight)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def dequantized(self) -> torch.Tensor:
+        return self.qweight.to(torch.bfloat16) * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = _2d(x).to(torch.bfloat16)
+        if x2.shape[0] <= GEMV_ROWS and x2.device.type in ("cpu", "mps"):
+            y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale)
+        else:
+            y = F.linear(x2, self.dequantized())
+        y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
+
+
+class DynamicInt8Linear(nn.Module):
+    """int8 weights (per-channel) x int8 activations (per-tensor, quantised on the fly), fp32 result, bias
+    added in fp32: fbgemm's `quantized::linear_dynamic` (CPU only)."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        super().__init__()
+        if weight.device.type != "cpu":
+            raise OptionError("int8dyn (dynamic int8 activations) runs on the CPU only; use int8 on other devices")
+        q, scale = quantize_int8(weight)
+        with warnings.catch_warnings():  # "quantize_per_channel is deprecated" (torch.ao migration notice)
+            warnings.simplefilter("ignore")
+            qw = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(),
+                                            torch.zeros(q.shape[0], dtype=torch.long), 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(qw, None)
+        self.out_features = q.shape[0]
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic(_2d(x).float().contiguous(), self.packed, False)
+        y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
+
+
+LINEARS = {"bf16": BF16Linear, "int8": Int8Linear, "int8dyn": DynamicInt8Linear}
+
+
+def _out_in_weight(module: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    from .models.gpt import Conv1D
+
+    if isinstance(module, Conv1D):
+        return module.weight.detach().t(), module.bias   # HF Conv1D stores (in, out)
+    return module.weight.detach(), module.bias
+
+
+def convert_gpt_(model: nn.Module, mode: str) -> nn.Module:
+    """Swap the GPT-2 projections and mel_head of a loaded UnifiedVoice for `mode` linears, in place.
+
+    fp32 leaves the model untouched. The conditioning encoders, embeddings and norms stay fp32.
+    """
+    from .models.gpt import Conv1D
+
+    if mode not in STAGE_CHOICES["gpt"]:
+        raise OptionError(f"GPT precision {mode!r}: choose one of {', '.join(STAGE_CHOICES['gpt'])}")
+    if mode == "fp32":
+        return model
+    cls = LINEARS[mode]
+    targets = [(name, m) for name, m in model.gpt.named_modules() if isinstance(m, Conv1D)]
+    for name, m in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.gpt.get_submodule(parent_name) if parent_name else model.gpt
+        setattr(parent, attr, cls(*_out_in_weight(m)))
+    model.mel_head = cls(*_out_in_weight(model.mel_head))
+    model.precision = mode
+    return model
+
+
+def gpt_weight_bytes(model: nn.Module) -> int:
+    """Bytes a decode step reads: backbone, final_norm and mel_head (parameters, buffers, packed int8)."""
+    total = 0
+    for part in (model.gpt, model.final_norm, model.mel_head):
+        for t in list(part.parameters()) + list(part.buffers()):
+            total += t.numel() * t.element_size()
+        for m in part.modules():
+            if isinstance(m, DynamicInt8Linear):
+                total += m.out_features * _in_features(m)
+    return total
+
+
+def _in_features(m: "DynamicInt8Linear") -> int:
+    w, _ = torch.ops.quantized.linear_unpack(m.packed)
+    return w.shape[1]

@@ -1,0 +1,67 @@
+"""`indextts-fast fidelity` on the tiny model: the bf16 and int8 modes stay within the documented limits
+of fp32 (fidelity.THRESHOLDS), fp32 compares nothing, and the measures themselves are right."""
+
+import math
+
+import pytest
+import torch
+
+from indextts_fast.cli import main
+from indextts_fast.fidelity import THRESHOLDS, cosine, fidelity, rel_err, snr_db
+
+SMALL = dict(codes=24, text_tokens=12, mel_codes=40, prompt_codes=24, steps=10)
+
+
+def test_measures():
+    a = torch.tensor([3.0, 4.0])
+    assert rel_err(a, a) == 0.0 and cosine(a, a) == pytest.approx(1.0)
+    assert rel_err(torch.tensor([3.0, 4.5]), a) == pytest.approx(0.1)
+    assert snr_db(a, a) == math.inf
+    assert snr_db(a + torch.tensor([0.05, 0.0]), a) == pytest.approx(10 * math.log10(25 / 0.0025))
+
+
+@pytest.fixture(scope="module")
+def bf16(tiny_dir):
+    return fidelity(tiny_dir, "bf16", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def int8(tiny_dir):
+    return fidelity(tiny_dir, {"gpt": "int8"}, **SMALL)
+
+
+def test_bf16_dit_mel_within_threshold(bf16):
+    s = bf16["s2mel"]
+    assert s["mel_rel_err"] <= THRESHOLDS["s2mel_mel_rel_err"]
+    assert s["mel_cosine"] > 0.9999
+    assert s["frames"] > 0
+
+
+def test_bf16_vocoder_snr_within_threshold(bf16):
+    assert bf16["vocoder"]["snr_db"] >= THRESHOLDS["vocoder_snr_db"]
+
+
+def test_bf16_gpt_logits_within_threshold(bf16):
+    assert bf16["gpt"]["logits_rel_err"] <= THRESHOLDS["gpt_logits_rel_err"]
+    assert all(bf16["within_thresholds"].values())
+
+
+def test_int8_gpt_logits_within_threshold(int8):
+    g = int8["gpt"]
+    assert g["mode"] == "int8" and g["codes"] == SMALL["codes"]
+    assert g["logits_rel_err"] <= THRESHOLDS["gpt_logits_rel_err"]
+    assert 0.0 <= g["top1_agreement"] <= 1.0 and 0.0 <= g["greedy_code_agreement"] <= 1.0
+    assert "s2mel" not in int8 and "vocoder" not in int8   # fp32 stages are exact: nothing to compare
+
+
+def test_fp32_compares_nothing(tiny_dir):
+    report = fidelity(tiny_dir, "fp32", **SMALL)
+    assert not {"gpt", "s2mel", "vocoder"} & set(report) and report["within_thresholds"] == {}
+
+
+def test_command_writes_json(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "f.json"
+    rc = main(["fidelity", "--model-dir", str(tiny_dir), "--precision", "gpt=int8dyn", "--codes", "8",
+               "--text-tokens", "6", "--threads", "1", "--json", str(out)])
+    assert rc == 0 and out.exists()
+    assert "gpt int8dyn" in capsys.readouterr().out
