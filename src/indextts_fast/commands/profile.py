@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voice", metavar="AUDIO", help="reference clip (default: a synthetic clip of --prompt-seconds)")
     p.add_argument("--prompt-seconds", type=float, default=4.1)
     p.add_argument("--codes", type=int, default=None, help="generate exactly N codes per segment")
+    p.add_argument("--keep-denormals", action="store_true",
+                   help="do not flush float32 denormals to zero (random weights produce many; trained ones few)")
     p.add_argument("--cached-speaker", action="store_true",
                    help="keep the speaker conditioning cached between runs (default: extract it every run)")
     p.add_argument("--json", metavar="FILE")
@@ -81,6 +83,7 @@ def synthetic_prompt(path: Path, seconds: float, sr: int = 22050) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from ..errors import OptionError
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     all_settings = {name: resolve(pre, settings_overrides(args)) for pre, _, name in columns}
     store_dir = Path(args.store) if args.store else default_store_dir()
     random_model = args.model_dir is None
+    torch.set_flush_denormal(not args.keep_denormals)  # as bench s2mel/vocoder: changes values < 1.2e-38 only
     model_dir = default_random_model(store_dir) if random_model else Path(args.model_dir)
     voice = Path(args.voice) if args.voice else synthetic_prompt(
         store_dir / "prompts" / f"synthetic-{args.prompt_seconds:g}s.wav", args.prompt_seconds)
