@@ -151,3 +151,8 @@ def test_errors(engine, prompt, tmp_path):
         Emotion(vector=[1, 2])
     with pytest.raises(OptionError, match="alpha"):
         Emotion(alpha=1.5)
+
+
+def test_emotion_from_text_without_the_classifier(engine, prompt):
+    with pytest.raises(IndexTTSFastError, match="emotion classifier"):
+        engine.synthesize(TEXTS["en"], voice=prompt, emotion=Emotion(from_text=True), **SHORT)

@@ -67,17 +67,23 @@ class SpeakerConditioning:
 @dataclass
 class Emotion:
     """Emotion control of a request: an emotion clip with alpha, or an 8-value vector (happy, angry, sad,
-    afraid, disgusted, melancholic, surprised, calm), or neither (the speaker clip is the emotion)."""
+    afraid, disgusted, melancholic, surprised, calm), or emotion from text (`from_text`: the folder's
+    emotion classifier reads `text`, default the text being spoken), or none of them (the speaker clip is
+    the emotion)."""
 
     audio: Optional[str | Path] = None
     alpha: float = 1.0
     vector: Optional[Sequence[float]] = None
     use_random: bool = False  # random rows of the emotion matrix instead of the nearest style
+    from_text: bool = False
+    text: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.audio is not None and self.vector is not None:
-            # Official behaviour: a vector wins and the emotion clip is discarded; we say so instead.
-            raise OptionError("give an emotion clip or an emotion vector, not both")
+        if sum([self.audio is not None, self.vector is not None, self.from_text]) > 1:
+            # Official behaviour: a vector or text wins and the emotion clip is discarded; we say so instead.
+            raise OptionError("give one of an emotion clip, an emotion vector or emotion from text")
+        if self.text is not None and not self.from_text:
+            raise OptionError("an emotion text is only used with from_text=True")
         if self.vector is not None:
             vec = list(self.vector)
             if len(vec) != 8 or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in vec):
@@ -191,6 +197,7 @@ class Engine:
         self._cache_fingerprint = self.fingerprint if cond == "fp32" else f"{self.fingerprint}+conditioning-{cond}"
         self._speakers = _LRU(cache_size)  # audio content hash -> SpeakerConditioning
         self._emotions = _LRU(cache_size)  # content hash -> emo_cond_emb
+        self._emotion_text = None  # the emotion classifier, loaded on first use
         self.extractions = 0  # how many times reference features were extracted (tests read it)
 
     # ---- reference audio -------------------------------------------------------------------------
@@ -271,13 +278,22 @@ class Engine:
         return emb
 
     @torch.inference_mode()
-    def emotion_vector(self, spk: SpeakerConditioning, emotion: Emotion) -> torch.Tensor:
-        """The (1, D) emotion vector added to the GPT conditioning (SPEC-gpt.md section 5)."""
+    def emotion_vector(self, spk: SpeakerConditioning, emotion: Emotion, text: str = "",
+                       seed: int = 0) -> torch.Tensor:
+        """The (1, D) emotion vector added to the GPT conditioning (SPEC-gpt.md section 5); `text` is
+        what emotion-from-text reads when the request gives no emotion text of its own."""
         from .emotion import emovec_from_weights
 
-        if emotion.vector is not None:
-            rng = random.Random(0) if emotion.use_random else None
-            mat, total = emovec_from_weights(list(emotion.vector), spk.style, self.emotions, emotion.alpha,
+        weights = list(emotion.vector) if emotion.vector is not None else None
+        if emotion.from_text:
+            if self._emotion_text is None:
+                from .emotion_text import EmotionTextModel
+
+                self._emotion_text = EmotionTextModel.from_folder(self.folder, str(self.device))
+            weights = self._emotion_text.weights(emotion.text or text)
+        if weights is not None:
+            rng = random.Random(seed) if emotion.use_random else None
+            mat, total = emovec_from_weights(weights, spk.style, self.emotions, emotion.alpha,
                                              emotion.use_random, rng)
             base = self.gpt.merge_emovec(spk.spk_cond_emb, spk.emo_cond_emb, 1.0)
             return mat + (1.0 - total) * base
@@ -313,7 +329,7 @@ class Engine:
             with timer.stage("speaker_cond"):
                 spk = self.speaker(voice, speaker_id, timer)
             with timer.stage("emotion_cond"):
-                emovec = self.emotion_vector(spk, emotion)
+                emovec = self.emotion_vector(spk, emotion, text, seed)
             results = []
             for k, ids in enumerate(segments):
                 timer.new_segment()

@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     emo.add_argument("--emotion-vector", metavar="W,W,W,W,W,W,W,W",
                      help="8 weights: happy,angry,sad,afraid,disgusted,melancholic,surprised,calm")
     emo.add_argument("--emotion-random", action="store_true", help="random emotion-matrix rows (vector mode)")
+    emo.add_argument("--emotion-from-text", action="store_true",
+                     help="derive the emotion vector from text with the folder's emotion classifier")
+    emo.add_argument("--emotion-text", metavar="TEXT", help="the text to read the emotion from (default: --text)")
     add_settings_arguments(p)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--profile", action="store_true", help="print the stage timing table")
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
             vector = [float(v) for v in args.emotion_vector.split(",")]
         except ValueError as exc:
             raise OptionError(f"--emotion-vector needs 8 comma-separated numbers: {exc}") from exc
-    emotion = Emotion(audio=args.emotion_audio, alpha=args.emotion_alpha, vector=vector, use_random=args.emotion_random)
+    emotion = Emotion(audio=args.emotion_audio, alpha=args.emotion_alpha, vector=vector, use_random=args.emotion_random,
+                      from_text=args.emotion_from_text or args.emotion_text is not None, text=args.emotion_text)
     engine = open_engine(args)
     result = engine.synthesize(text, voice=args.voice, speaker_id=args.speaker, emotion=emotion, preset=args.preset,
                                seed=args.seed, profile=args.profile, **settings_overrides(args))
