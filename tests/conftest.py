@@ -54,3 +54,12 @@ def frontend_manifest(tiny_dir) -> dict:
 @pytest.fixture(scope="session")
 def frontend_goldens(tiny_dir) -> dict:
     return load_file(str(tiny_dir / "goldens" / "frontend.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is as fast and immune to the stalls of a busy shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

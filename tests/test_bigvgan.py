@@ -16,13 +16,7 @@ from indextts_fast.parity import run
 from test_s2mel import read_listing
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is as fast and immune to the stalls of a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def official_activation(act: AntiAliasedActivation, x):
