@@ -89,3 +89,22 @@ def write_json(path: str | Path, result: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {path}")
+
+
+def find_model_dir(explicit: str | None, needs: str, what: str):
+    """The full-size folder to time: --model-dir, else $INDEXTTS_FAST_FULLSIZE, else the full-size random
+    model that `indextts-fast profile` makes in the data folder (random-full-seed0), the first holding `needs`."""
+    from ..errors import IndexTTSFastError
+    from ..speakers import default_store_dir
+
+    make = "indextts-fast make-checkpoint DIR --size full"
+    if explicit:
+        if not (Path(explicit) / needs).exists():
+            raise IndexTTSFastError(f"{explicit} has no {needs} ({what}); make a full-size folder with: {make}")
+        return Path(explicit)
+    tried = [p for p in (os.environ.get("INDEXTTS_FAST_FULLSIZE"), str(default_store_dir() / "random-full-seed0")) if p]
+    for path in tried:
+        if (Path(path) / needs).exists():
+            return Path(path)
+    raise IndexTTSFastError(f"no full-size model folder with {needs} found (looked in: {', '.join(tried)}; "
+                            f"set $INDEXTTS_FAST_FULLSIZE or pass --model-dir DIR); make one with: {make}")

@@ -3,7 +3,7 @@
 A decode step has to read every GPT-2 weight once (plus mel_head), so its floor is weight bytes / measured
 streaming-read bandwidth. Reported: prefill time, median per-step decode time, codes/s and step/floor for each
 beam count, the beam-step / single-step ratio, and the latent pass. Run on a full-size random folder:
-`indextts-fast make-checkpoint /work/fullsize --size full --only gpt`. `--baseline` also times the decode step
+`indextts-fast make-checkpoint DIR --size full --only gpt`. `--baseline` also times the decode step
 with the official (in, out) weight layout (HF Conv1D's addmm) in the same run, for comparison.
 `--precision fp32,bf16,int8,int8dyn` (default) times every GPT precision side by side (see precision.py),
 each against the floor of ITS weight bytes (bf16 halves them, int8 quarters them).
@@ -19,8 +19,9 @@ import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", default=os.environ.get("INDEXTTS_FAST_FULLSIZE", "/work/fullsize"),
-                   help="model folder with a gpt.pth (default $INDEXTTS_FAST_FULLSIZE or /work/fullsize)")
+    p.add_argument("--model-dir", default=None,
+                   help="model folder with a gpt.pth (default: $INDEXTTS_FAST_FULLSIZE, else the random full-size "
+                        "model in the data folder)")
     p.add_argument("--text-tokens", type=int, default=120, help="text tokens of the prompt (default 120)")
     p.add_argument("--context", type=int, default=0,
                    help="codes already generated before the timed steps (default 0: right after the prompt)")
@@ -84,8 +85,9 @@ def _generate_times(model, spk_latent, text, emovec, args) -> list[dict]:
 
 def run(args: argparse.Namespace) -> dict:
     from ..precision import convert_gpt_
-    from .common import machine, read_bandwidth, table
+    from .common import find_model_dir, machine, read_bandwidth, table
 
+    args.model_dir = find_model_dir(args.model_dir, "gpt.pth", "GPT weights")
     bandwidth = read_bandwidth()
     result = {"machine": machine(), "model_dir": str(args.model_dir), "text_tokens": args.text_tokens,
               "context": args.context, "modes": [], "precisions": {}}

@@ -7,9 +7,8 @@ products and convolutions counted by torch's FlopCounterMode, attention added an
 fraction of this machine's measured fp32 matmul peak they reach. The official code's figure for the first
 case (0.77 s per step, fp32, 2 threads; from issue 3, not measured here) is shown next to it.
 
-Model folder: --model-dir, else $INDEXTTS_FAST_FULLSIZE, /work/fullsize-s2mel, /work/fullsize (the first
-holding s2mel.pth). Make one with
-`indextts-fast make-checkpoint DIR --size full --only s2mel --only bigvgan`.
+Model folder: --model-dir, else $INDEXTTS_FAST_FULLSIZE, else the full-size random model `profile` makes in
+the data folder. Make one with `indextts-fast make-checkpoint DIR --size full --only s2mel --only bigvgan`.
 
 Denormals: random full-size weights saturate some WaveNet sigmoids into float32 denormals (0.2 % of the
 values), which slow x86 arithmetic by ~20 % and which trained weights should rarely produce; the bench
@@ -19,38 +18,14 @@ flushes them to zero (`torch.set_flush_denormal`, results change by < 1.2e-38) u
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-from pathlib import Path
 
 import torch
 
 OFFICIAL_S_PER_STEP = {150: 0.77}  # codes -> official seconds per CFG step (4.1 s prompt, fp32, 2 threads)
-SEARCHED = ("$INDEXTTS_FAST_FULLSIZE", "/work/fullsize-s2mel", "/work/fullsize")
-
-
-def find_model_dir(explicit: str | None, needs: str, what: str) -> Path:
-    """The full-size folder to time: --model-dir, else the first of SEARCHED that holds `needs`."""
-    from ..errors import IndexTTSFastError
-
-    make = "indextts-fast make-checkpoint DIR --size full --only s2mel --only bigvgan"
-    if explicit:
-        if not (Path(explicit) / needs).exists():
-            raise IndexTTSFastError(f"{explicit} has no {needs} ({what}); make a full-size folder with: {make}")
-        return Path(explicit)
-    tried = []
-    for place in SEARCHED:
-        path = os.environ.get(place[1:], "") if place.startswith("$") else place
-        if path:
-            tried.append(path)
-            if (Path(path) / needs).exists():
-                return Path(path)
-    raise IndexTTSFastError(f"no full-size model folder with {needs} found (looked in: {', '.join(tried) or '-'}; "
-                            f"set $INDEXTTS_FAST_FULLSIZE or pass --model-dir DIR); make one with: {make}")
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", help="full-size model folder (default: " + ", ".join(SEARCHED) + ")")
+    p.add_argument("--model-dir", help="full-size model folder (default: $INDEXTTS_FAST_FULLSIZE, else the "
+                                       "random full-size model in the data folder)")
     p.add_argument("--prompt-seconds", type=float, default=4.1, help="reference prompt length (default 4.1)")
     p.add_argument("--codes", type=int, nargs="+", default=[150, 250, 500],
                    help="GPT codes per case (default 150 250 500: ~3, 5 and 10 s of speech)")
@@ -82,6 +57,8 @@ def run(args: argparse.Namespace) -> dict:
     from .common import machine, matmul_peak, summary, table, timed
 
     torch.set_flush_denormal(not args.keep_denormals)
+    from .common import find_model_dir
+
     folder = ModelFolder(find_model_dir(args.model_dir, "s2mel.pth", "S2Mel weights"))
     model = S2Mel.from_folder(folder)
     cfg = folder.config.s2mel

@@ -6,7 +6,7 @@ the anti-aliased activations' resampling is not counted) and the fraction of thi
 matmul peak they reach. The official code's figure (0.9 s per audio second, fp32, 2 threads; from issue 3,
 not measured here) is shown next to it.
 
-Model folder: --model-dir, else $INDEXTTS_FAST_FULLSIZE, /work/fullsize-s2mel, /work/fullsize (the first
+Model folder: --model-dir, else $INDEXTTS_FAST_FULLSIZE, else the random full-size model of `profile` (the first
 holding hf_cache/bigvgan). Make one with
 `indextts-fast make-checkpoint DIR --size full --only s2mel --only bigvgan`.
 """
@@ -18,13 +18,14 @@ import statistics
 
 import torch
 
-from .s2mel import SEARCHED, find_model_dir
+from .common import find_model_dir
 
 OFFICIAL_S_PER_AUDIO_SECOND = 0.9
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", help="full-size model folder (default: " + ", ".join(SEARCHED) + ")")
+    p.add_argument("--model-dir", help="full-size model folder (default: $INDEXTTS_FAST_FULLSIZE, else the "
+                                       "random full-size model in the data folder)")
     p.add_argument("--seconds", type=float, nargs="+", default=[1.0, 5.0, 10.0],
                    help="audio seconds per case (default 1 5 10)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per case (default 3)")
