@@ -182,7 +182,7 @@ class Engine:
         self.device = torch.device(device)
         self.store = store
         self._audio = audio
-        self.text = TextFrontEnd(self.folder.bpe_model)
+        self.text = TextFrontEnd.from_folder(self.folder).load()  # glossary.yaml if present; FSTs now
         self.gpt = convert_gpt_(load_gpt(self.folder).to(self.device), self.precision["gpt"])
         self.emotions = EmotionMatrices.from_folder(self.folder)
         self.w2v = features.SemanticFeatures.from_folder(self.folder).to(self.device)
@@ -191,8 +191,8 @@ class Engine:
         self.s2mel = S2Mel.from_folder(self.folder).to(self.device)
         self.vocoder = prepare_vocoder_(BigVGAN.from_folder(self.folder).to(self.device), self.precision["vocoder"])
         self.fingerprint = self.folder.fingerprint()
-        # The on-disk extraction cache is kept apart per conditioning precision (fp32 entries stay exact);
-        # registered speakers use the plain fingerprint whatever the precision they were extracted with.
+        # Registry entries and the clip cache are keyed by model AND conditioning precision: fp32 entries stay
+        # exact, and an entry extracted at another precision is refused (re-register), never silently used.
         cond = self.precision["conditioning"]
         self._cache_fingerprint = self.fingerprint if cond == "fp32" else f"{self.fingerprint}+conditioning-{cond}"
         self._speakers = _LRU(cache_size)  # audio content hash -> SpeakerConditioning
@@ -238,7 +238,7 @@ class Engine:
             # The store keeps its own bounded memory LRU and notices overwrites by other processes.
             if self.store is None:
                 raise OptionError(f"speaker {speaker_id!r}: this engine has no speaker store")
-            cond = SpeakerConditioning.from_tensors(self.store.get(speaker_id, self.fingerprint), self.device)
+            cond = SpeakerConditioning.from_tensors(self.store.get(speaker_id, self._cache_fingerprint), self.device)
             if timer:
                 timer.timings.speaker_cache = "hit"
             return cond
@@ -263,8 +263,9 @@ class Engine:
             raise OptionError("this engine has no speaker store to register into")
         digest = sha256_file(audio_path)
         cond = self.extract_speaker(audio_path)
-        record = self.store.put(speaker_id, cond.tensors(), audio_sha256=digest, model_fingerprint=self.fingerprint,
-                                source=str(audio_path), overwrite=overwrite)
+        record = self.store.put(speaker_id, cond.tensors(), audio_sha256=digest,
+                                model_fingerprint=self._cache_fingerprint, source=str(audio_path), overwrite=overwrite,
+                                duration_s=cond.ref_mel.shape[-1] * 256 / SAMPLE_RATE)
         return record
 
     @torch.inference_mode()

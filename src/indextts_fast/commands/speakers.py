@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
         for r in records:
             print(f"{r.speaker_id}\t{r.created}\t{r.source}\tmodel {r.model_fingerprint}")
     elif args.action == "show":
-        print(store.show(args.speaker_id))
+        for key, value in store.show(args.speaker_id).to_dict().items():
+            if key == "tensors":
+                value = ", ".join(f"{k} {v['dtype']}{tuple(v['shape'])}" for k, v in value.items())
+            print(f"{key:<18} {value}")
     elif args.action == "remove":
         store.remove(args.speaker_id)
         print(f"removed {args.speaker_id}")
