@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from indextts_fast.config import ModelFolder
 from indextts_fast.errors import CheckpointError
 from indextts_fast.models.campplus import CAMPPlus
+from helpers import corrupt_state
 
 WEIGHTS = "hf_cache/campplus_cn_common.bin"
 
@@ -52,15 +53,9 @@ def test_loader_is_strict(tiny_dir, tmp_path, corruption):
     shutil.copy(tiny_dir / "tiny_overrides.json", tmp_path / "tiny_overrides.json")
     (tmp_path / "hf_cache").mkdir()
     state = torch.load(tiny_dir / WEIGHTS, weights_only=True)
-    key = "xvector.block2.tdnnd3.nonlinear1.batchnorm.num_batches_tracked"
-    if corruption == "missing":
-        del state[key]
-    elif corruption == "extra":
-        key = "xvector.block2.tdnnd3.extra.weight"
-        state[key] = torch.zeros(2)
-    else:
-        key = "xvector.dense.linear.weight"
-        state[key] = state[key][:-1].clone()
+    key = "xvector.dense.linear.weight" if corruption == "reshaped" else \
+        "xvector.block2.tdnnd3.nonlinear1.batchnorm.num_batches_tracked"
+    key = corrupt_state(state, corruption, key, "xvector.block2.tdnnd3.extra.weight")
     torch.save(state, tmp_path / WEIGHTS)
     with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
         CAMPPlus.from_folder(ModelFolder(tmp_path))

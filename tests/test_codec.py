@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from indextts_fast.config import ModelFolder
 from indextts_fast.errors import CheckpointError
 from indextts_fast.models.codec import SemanticCodec
+from helpers import corrupt_state
 
 WEIGHTS = "hf_cache/semantic_codec_model.safetensors"
 
@@ -62,14 +63,7 @@ def _corrupt_copy(tiny_dir, tmp_path, corruption):
     shutil.copy(tiny_dir / "config.yaml", tmp_path / "config.yaml")
     (tmp_path / "hf_cache").mkdir()
     state = load_file(str(tiny_dir / WEIGHTS))
-    key = "quantizer.quantizers.0.codebook.weight"
-    if corruption == "missing":
-        del state[key]
-    elif corruption == "extra":
-        key = "encoder.0.extra.weight"
-        state[key] = torch.zeros(2)
-    else:
-        state[key] = state[key][:, :-1].contiguous()
+    key = corrupt_state(state, corruption, "quantizer.quantizers.0.codebook.weight", "encoder.0.extra.weight")
     save_file(state, str(tmp_path / WEIGHTS))
     return key
 

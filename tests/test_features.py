@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from indextts_fast import features
 from indextts_fast.config import ModelFolder
 from indextts_fast.errors import CheckpointError
+from helpers import corrupt_state
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +103,8 @@ def _copy_folder(src, dst):
 def test_loader_is_strict(tiny_dir, tmp_path, corruption):
     weights = _copy_folder(tiny_dir, tmp_path)
     state = load_file(str(weights))
-    key = "encoder.layers.0.self_attn.linear_q.weight"
-    if corruption == "missing":
-        del state[key]
-    elif corruption == "extra":
-        key = "encoder.extra_projection.weight"
-        state[key] = torch.zeros(3)
-    else:
-        state[key] = state[key][:, :-1].contiguous()
+    key = corrupt_state(state, corruption, "encoder.layers.0.self_attn.linear_q.weight",
+                        "encoder.extra_projection.weight")
     save_file(state, str(weights))
     with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
         features.SemanticFeatures.from_folder(ModelFolder(tmp_path))

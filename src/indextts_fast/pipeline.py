@@ -19,7 +19,6 @@ for speed. The GPT is converted once at load; s2mel, vocoder and conditioning ru
 
 from __future__ import annotations
 
-import hashlib
 import random
 import warnings
 from collections import OrderedDict
@@ -37,7 +36,6 @@ from .profiling import StageTimer, Timings
 
 SAMPLE_RATE = 22050
 PCM_SCALE = 32767.0
-CODES_TO_FRAMES = 1.72  # official: mel frames per semantic code
 
 
 @dataclass
@@ -130,14 +128,12 @@ class SynthesisResult:
 
 
 def sha256_file(path: str | Path) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise AudioError(f"audio file not found: {p}")
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Content hash of an audio file (the cache key), or an AudioError when it does not exist."""
+    from .speakers import sha256_of
+
+    if not Path(path).is_file():
+        raise AudioError(f"audio file not found: {path}")
+    return sha256_of(path)
 
 
 class _LRU(OrderedDict):

@@ -78,10 +78,6 @@ def resolve_precision(precision: Precision = None) -> dict[str, str]:
     return out
 
 
-def describe(precision: Mapping[str, str]) -> str:
-    return ", ".join(f"{s}={precision[s]}" for s in STAGES)
-
-
 def autocast(device: Union[str, torch.device], mode: str):
     """The context a bf16 stage runs in (autocast to bfloat16); a no-op context for fp32."""
     if mode == "fp32":

@@ -97,14 +97,6 @@ class StageTimer:
         return self.timings
 
 
-@dataclass(frozen=True)
-class StageStats:
-    mean: float
-    min: float
-    max: float
-    share: float  # of the mean total
-
-
 def run_statistics(runs: Sequence[Timings]) -> dict:
     """Per-stage mean/min/max and share of total over N runs, plus total, RTF and codes."""
     if not runs:
@@ -115,7 +107,8 @@ def run_statistics(runs: Sequence[Timings]) -> dict:
     for name in STAGES:
         values = [r.stages[name] for r in runs]
         mean = statistics.fmean(values)
-        stages[name] = StageStats(mean, min(values), max(values), mean / mean_total if mean_total else 0.0).__dict__
+        stages[name] = {"mean": mean, "min": min(values), "max": max(values),
+                        "share": mean / mean_total if mean_total else 0.0}
     return {
         "runs": len(runs),
         "stages": stages,

@@ -36,14 +36,6 @@ def summary(times: Sequence[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
 
 
-def copy_bandwidth(n_bytes: int = 1 << 30, repeat: int = 5) -> float:
-    """Measured memory bandwidth in bytes/s of a large tensor copy (read + write counted)."""
-    src = torch.empty(n_bytes // 4, dtype=torch.float32).uniform_()
-    dst = torch.empty_like(src)
-    best = min(timed(lambda: dst.copy_(src), repeat))
-    return 2 * n_bytes / best
-
-
 def read_bandwidth(n_bytes: int = 1 << 30, repeat: int = 5) -> float:
     """Measured streaming-read bandwidth in bytes/s (a sum over a large tensor)."""
     src = torch.empty(n_bytes // 4, dtype=torch.float32).uniform_()

@@ -155,7 +155,7 @@ def _greedy(model, c: _Case) -> Iterator[CaseResult]:
         short = int(c.case["params"]["max_generate_length_short"])
         gen_s, warned_s = _generate(model, c, spk_latent, text, emovec, c.options(max_mel_tokens=short))
         yield c.cmp("codes_short", gen_s.codes)
-        codes_s, lens_s, hit_s = trim_codes(gen_s.codes, stop)
+        _, lens_s, hit_s = trim_codes(gen_s.codes, stop)
         yield c.cmp("code_lens_short", lens_s)
         yield check_fact(STAGE, f"{c.id}.max_tokens_warning_short", warned_s == hit_s == bool(gen_s.codes[0, -1] != stop),
                          f"warned={warned_s}, trim_codes hit_max={hit_s}")
