@@ -85,7 +85,7 @@ def _full_logits(model, prompt, valid, tokens):
     n = x.shape[1]
     keys = F.pad(valid, (0, len(tokens) + 1), value=True)
     mask = torch.ones(n, n, dtype=torch.bool).tril() & (keys[None, :] | torch.eye(n, dtype=torch.bool))
-    return model.head(model.gpt(x, causal_attend(mask))[:, -1])[0]
+    return model.head(model.gpt(x, causal_attend(model.cfg.heads, mask))[:, -1])[0]
 
 
 @pytest.mark.parametrize("rows,text", [(1, [5, 77, 310]), (3, [5, 0, 77, 1, 310])])

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import OptionError
-from .models.gpt import UnifiedVoice, check_conditioning, check_ids
+from .models.gpt import UnifiedVoice, check_conditioning, check_ids, merge_heads, split_heads
 
 
 class MaxMelTokensWarning(RuntimeWarning):
@@ -167,9 +167,11 @@ class KVCache:
     def __init__(self, model: UnifiedVoice, rows: int, capacity: int):
         blocks = model.gpt.h
         attn = blocks[0].attn
-        p = next(model.parameters())
+        p = model.mel_embedding.weight
         self.layers, self.heads, self.head_dim = len(blocks), attn.heads, attn.head_dim
-        self.rows, self.dtype, self.device = rows, p.dtype, p.device
+        # Keys/values are stored in the residual stream's dtype, or in the one a reduced-precision GPT asks
+        # for (precision.convert_gpt_ sets bf16: half the bytes a decode step reads besides the weights).
+        self.rows, self.dtype, self.device = rows, getattr(model, "kv_dtype", p.dtype), p.device
         self.steps_wanted = max(1, capacity)
         self.prefix = 0                        # P + 1 once prefilled
         self.prefix_valid: Optional[torch.Tensor] = None      # (P+1,) bool, None when nothing is padded
@@ -200,19 +202,24 @@ class KVCache:
         self.slots[:, :self.length] = self.slots[rows, :self.length]
 
     # -- attention callables for the backbone (GPT2Backbone.forward(x, attend)) --
-    def attend_prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend_prefill(self, layer: int, qkv: torch.Tensor) -> torch.Tensor:
+        q, k, v = split_heads(qkv, self.heads)
         self.k[layer, :, :self.prefix] = k[0]
         self.v[layer, :, :self.prefix] = v[0]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, is_causal=self.mask is None)
+        return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, is_causal=self.mask is None))
 
-    def attend_step(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        lo = self.prefix + self.length * self.rows
-        self.k[layer, :, lo:lo + self.rows] = k[:, :, 0].transpose(0, 1)
-        self.v[layer, :, lo:lo + self.rows] = v[:, :, 0].transpose(0, 1)
-        end = lo + self.rows
-        out = F.scaled_dot_product_attention(q[:, :, 0].transpose(0, 1).unsqueeze(0), self.k[layer, None, :, :end],
-                                             self.v[layer, None, :, :end], attn_mask=self.mask)
-        return out[0].transpose(0, 1).unsqueeze(2)                          # (S, H, 1, d)
+    def attend_step(self, layer: int, qkv: torch.Tensor) -> torch.Tensor:
+        """One position per row: qkv (S, 3D) -> (S, D). The S rows are S queries of one sequence."""
+        s = self.rows
+        q, k, v = qkv.view(s, 3, self.heads, self.head_dim).unbind(1)          # (S, H, d) each
+        lo = self.prefix + self.length * s
+        self.k[layer, :, lo:lo + s] = k.transpose(0, 1)
+        self.v[layer, :, lo:lo + s] = v.transpose(0, 1)
+        end = lo + s
+        out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0).to(self.dtype),
+                                             self.k[layer, None, :, :end], self.v[layer, None, :, :end],
+                                             attn_mask=self.mask)                   # (1, H, S, d)
+        return out[0].transpose(0, 1).reshape(s, -1).to(qkv.dtype)
 
     def begin_step(self) -> None:
         if self.length == self.capacity:   # grow (doubling, up to the steps the generation can need)
@@ -253,11 +260,11 @@ def prefill(model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, cach
 
 def decode_step(model: UnifiedVoice, cache: KVCache, tokens: torch.Tensor, position: int) -> torch.Tensor:
     """Feed one code per row (S,) at mel position `position`; return (S, V) logits."""
-    x = model.embed_mel(tokens, torch.full_like(tokens, position)).unsqueeze(1)
+    x = model.embed_mel(tokens, torch.full_like(tokens, position))        # (S, D): rows, no time axis
     cache.begin_step()
     hidden = model.gpt(x, cache.attend_step)
     cache.length += 1
-    return model.head(hidden[:, -1])
+    return model.head(hidden)
 
 
 # ---- generation --------------------------------------------------------------------------------------

@@ -186,6 +186,7 @@ class Engine:
         self.campplus = CAMPPlus.from_folder(self.folder).to(self.device)
         self.s2mel = S2Mel.from_folder(self.folder).to(self.device)
         self.vocoder = prepare_vocoder_(BigVGAN.from_folder(self.folder).to(self.device), self.precision["vocoder"])
+        self._cast_weights()
         self.fingerprint = self.folder.fingerprint()
         # Registry entries and the clip cache are keyed by model AND conditioning precision: fp32 entries stay
         # exact, and an entry extracted at another precision is refused (re-register), never silently used.
@@ -195,6 +196,23 @@ class Engine:
         self._emotions = _LRU(cache_size)  # content hash -> emo_cond_emb
         self._emotion_text = None  # the emotion classifier, loaded on first use
         self.extractions = 0  # how many times reference features were extracted (tests read it)
+
+    def _cast_weights(self) -> None:
+        """bf16 stages: store their Linear/Conv weights in bf16 once (precision.cast_weights_; bit-identical
+        to autocast's per-call casts). A module used by two stages is cast only when both run in bf16."""
+        from .precision import cast_weights_
+
+        p = self.precision
+        both = "bf16" if p["conditioning"] == p["s2mel"] == "bf16" else "fp32"
+        g = self.gpt
+        for module, mode in [(self.w2v, p["conditioning"]), (self.campplus, p["conditioning"]),
+                             (g.conditioning_encoder, p["conditioning"]), (g.perceiver_encoder, p["conditioning"]),
+                             (g.emo_conditioning_encoder, p["conditioning"]),
+                             (g.emo_perceiver_encoder, p["conditioning"]), (g.emovec_layer, p["conditioning"]),
+                             (g.emo_layer, p["conditioning"]), (self.codec, both), (self.s2mel.length_regulator, both),
+                             (self.s2mel.cfm, p["s2mel"]), (self.s2mel.gpt_layer, p["s2mel"]),
+                             (self.vocoder, p["vocoder"])]:
+            cast_weights_(module, mode)
 
     # ---- reference audio -------------------------------------------------------------------------
     def _autocast(self, stage: str):
@@ -278,7 +296,8 @@ class Engine:
     def emotion_vector(self, spk: SpeakerConditioning, emotion: Emotion, text: str = "",
                        seed: int = 0) -> torch.Tensor:
         """The (1, D) emotion vector added to the GPT conditioning (SPEC-gpt.md section 5); `text` is
-        what emotion-from-text reads when the request gives no emotion text of its own."""
+        what emotion-from-text reads when the request gives no emotion text of its own. The emotion
+        encoders run at the conditioning precision; the result is fp32."""
         from .emotion import emovec_from_weights
 
         weights = list(emotion.vector) if emotion.vector is not None else None
@@ -288,15 +307,17 @@ class Engine:
 
                 self._emotion_text = EmotionTextModel.from_folder(self.folder, str(self.device))
             weights = self._emotion_text.weights(emotion.text or text)
-        if weights is not None:
-            rng = random.Random(seed) if emotion.use_random else None
-            mat, total = emovec_from_weights(weights, spk.style, self.emotions, emotion.alpha,
-                                             emotion.use_random, rng)
-            base = self.gpt.merge_emovec(spk.spk_cond_emb, spk.emo_cond_emb, 1.0)
-            return mat + (1.0 - total) * base
-        if emotion.audio is not None:
-            return self.gpt.merge_emovec(spk.spk_cond_emb, self.emotion_features(emotion.audio), emotion.alpha)
-        return self.gpt.merge_emovec(spk.spk_cond_emb, spk.emo_cond_emb, 1.0)
+        emo_cond_emb = self.emotion_features(emotion.audio) if weights is None and emotion.audio is not None else None
+        with self._autocast("conditioning"):
+            if weights is not None:
+                rng = random.Random(seed) if emotion.use_random else None
+                mat, total = emovec_from_weights(weights, spk.style, self.emotions, emotion.alpha,
+                                                 emotion.use_random, rng)
+                base = self.gpt.merge_emovec(spk.spk_cond_emb, spk.emo_cond_emb, 1.0).float()
+                return mat + (1.0 - total) * base
+            if emo_cond_emb is not None:
+                return self.gpt.merge_emovec(spk.spk_cond_emb, emo_cond_emb, emotion.alpha).float()
+            return self.gpt.merge_emovec(spk.spk_cond_emb, spk.emo_cond_emb, 1.0).float()
 
     # ---- synthesis -------------------------------------------------------------------------------
     def synthesize(self, text: str, voice: str | Path | None = None, speaker_id: Optional[str] = None,

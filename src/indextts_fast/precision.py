@@ -87,6 +87,25 @@ def autocast(device: Union[str, torch.device], mode: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+AUTOCAST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d)
+
+
+def cast_weights_(module: nn.Module, mode: str) -> nn.Module:
+    """Store the weights and biases of `module`'s Linear/Conv layers in bf16 ahead of time, for a stage run
+    under bf16 autocast: autocast would round them to bf16 on every call (the same rounding, so results are
+    bit-identical) — on a DiT step that re-cast costs more than the bf16 matrix products it feeds. Norms,
+    embeddings and buffers keep their dtype. fp32 changes nothing. In place; returns the module."""
+    if mode == "fp32":
+        return module
+    for m in module.modules():
+        if isinstance(m, AUTOCAST_LAYERS):
+            for name in ("weight", "bias"):
+                p = getattr(m, name, None)
+                if isinstance(p, torch.Tensor) and p.is_floating_point():
+                    setattr(m, name, nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
+    return module
+
+
 def prepare_vocoder_(vocoder: nn.Module, mode: str) -> nn.Module:
     """Make a BigVGAN safe to run under bf16 autocast: its anti-aliased activations write into
     preallocated fp32 buffers with `out=` products (which autocast does not cover), so they run in fp32
@@ -163,8 +182,9 @@ class Int8Linear(nn.Module):
 
 
 class DynamicInt8Linear(nn.Module):
-    """int8 weights (per-channel) x int8 activations (per-tensor, quantised on the fly), fp32 result, bias
-    added in fp32: fbgemm's `quantized::linear_dynamic` (CPU only)."""
+    """int8 weights (per-channel) x int8 activations (per-tensor, quantised on the fly), fp32 result with the
+    fp32 bias added by the kernel: fbgemm's `quantized::linear_dynamic` (CPU only). One kernel call per
+    forward (a decode step makes ~100 of them, so each skipped op counts)."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         super().__init__()
@@ -175,14 +195,15 @@ class DynamicInt8Linear(nn.Module):
             warnings.simplefilter("ignore")
             qw = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(),
                                             torch.zeros(q.shape[0], dtype=torch.long), 0, torch.qint8)
-            self.packed = torch.ops.quantized.linear_prepack(qw, None)
+            self.packed = torch.ops.quantized.linear_prepack(
+                qw, None if bias is None else bias.detach().float().contiguous())
         self.out_features = q.shape[0]
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
+            return torch.ops.quantized.linear_dynamic(x, self.packed, False)
         y = torch.ops.quantized.linear_dynamic(_2d(x).float().contiguous(), self.packed, False)
-        y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
-        return y if self.bias is None else y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
 LINEARS = {"bf16": BF16Linear, "int8": Int8Linear, "int8dyn": DynamicInt8Linear}
@@ -215,6 +236,7 @@ def convert_gpt_(model: nn.Module, mode: str) -> nn.Module:
         setattr(parent, attr, cls(*_out_in_weight(m)))
     model.mel_head = cls(*_out_in_weight(model.mel_head))
     model.precision = mode
+    model.kv_dtype = torch.bfloat16  # decoding.KVCache stores keys/values in bf16 for reduced-precision GPTs
     return model
 
 

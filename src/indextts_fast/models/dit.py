@@ -205,6 +205,8 @@ class ReflectConv1d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         conv = self.conv.conv
         if conv.kernel_size[0] == 1:  # a batched matrix product (torch's 1×1 conv path is slow on CPU)
+            if x.shape[-1] == 1:  # one frame (the global condition): a plain GEMV, no per-sample weight copy
+                return F.linear(x[..., 0], conv.weight[:, :, 0], conv.bias).unsqueeze(-1)
             return torch.baddbmm(conv.bias[:, None], conv.weight[:, :, 0].expand(x.shape[0], -1, -1), x)
         return conv(reflect_pad(x, *self.pad))
 

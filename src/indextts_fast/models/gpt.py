@@ -14,7 +14,7 @@ Public API (what the pipeline calls; shapes for B = 1):
   `indextts_fast.emotion`.
 - `write_random_checkpoint(folder, seed)` for `make-checkpoint`.
 
-The attention of the backbone is delegated to an `attend(layer, q, k, v)` callable, so that the plain causal
+The attention of the backbone is delegated to an `attend(layer, qkv)` callable, so that the plain causal
 pass (latents), the prefill and the KV-cached decode step (decoding.py) share one set of blocks.
 """
 
@@ -39,7 +39,7 @@ EMO_PERCEIVER_WIDTH = 1024    # hard-coded width of the emotion perceiver / emov
 ALIAS_PREFIXES = ("inference_model.",)
 ALIAS_KEYS = ("gpt.wte.weight",)
 
-Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Attend = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, fused q|k|v (…, 3D)) -> (…, D)
 
 
 # ---- GPT-2 backbone ----------------------------------------------------------------------------------
@@ -77,11 +77,19 @@ class GPT2Attention(nn.Module):
         self.c_proj = Conv1D(dim, dim)
 
     def forward(self, x: torch.Tensor, attend: Attend, layer: int) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, k, v = (y.view(b, t, self.heads, self.head_dim).transpose(1, 2)
-                   for y in self.c_attn(x).split(self.dim, dim=2))
-        out = attend(layer, q, k, v)  # (B, H, T, d)
-        return self.c_proj(out.transpose(1, 2).reshape(b, t, self.dim))
+        return self.c_proj(attend(layer, self.c_attn(x)))  # attend: fused (…, 3D) q|k|v -> (…, D)
+
+
+def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T, 3D) fused projections -> q, k, v as (B, H, T, d) views."""
+    b, t, _ = qkv.shape
+    return tuple(y.view(b, t, heads, -1).transpose(1, 2) for y in qkv.chunk(3, dim=2))
+
+
+def merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, d) -> (B, T, H·d)."""
+    b, h, t, d = out.shape
+    return out.transpose(1, 2).reshape(b, t, h * d)
 
 
 class GPT2MLP(nn.Module):
@@ -121,12 +129,13 @@ class GPT2Backbone(nn.Module):
         return self.ln_f(x)
 
 
-def causal_attend(mask: Optional[torch.Tensor] = None) -> Attend:
+def causal_attend(heads: int, mask: Optional[torch.Tensor] = None) -> Attend:
     """Full-sequence attention: causal, plus a boolean (T, T) `mask` (True = may attend) when given."""
-    def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(layer: int, qkv: torch.Tensor) -> torch.Tensor:
+        q, k, v = split_heads(qkv, heads)
         if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
     return attend
 
 
@@ -301,7 +310,7 @@ class UnifiedVoice(nn.Module):
         cond = self.conditioning_block(spk_latent, emovec)
         x = torch.cat((cond, self.embed_text(text_ids).unsqueeze(0),
                        self.embed_mel(mel, torch.arange(mel.shape[0], device=mel.device)).unsqueeze(0)), 1)
-        hidden = self.final_norm(self.gpt(x, causal_attend())[:, cond.shape[1]:])
+        hidden = self.final_norm(self.gpt(x, causal_attend(self.cfg.heads))[:, cond.shape[1]:])
         return hidden[:, -mel.shape[0]:][:, :-2]
 
 
