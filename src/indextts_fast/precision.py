@@ -181,13 +181,37 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+def pack_vnni(q: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """int8 (N, K) weights -> the layout of kernels/gemv_s8.c: groups of 64 outputs, per group K/4 steps of
+    4 blocks x 16 outputs x 4 consecutive k (one 64-byte VNNI operand per block); per-output Σw, scale and
+    bias padded to whole groups."""
+    n, k = q.shape
+    groups, k4 = -(-n // 64), -(-k // 4)
+    padded = torch.zeros(groups * 64, k4 * 4, dtype=torch.int8)
+    padded[:n, :k] = q
+    out = {"vnni": padded.view(groups, 4, 16, k4, 4).permute(0, 3, 1, 2, 4).contiguous(),
+           "wsum": torch.zeros(groups * 64, dtype=torch.int32), "wscale": torch.zeros(groups * 64),
+           "wbias": torch.zeros(groups * 64)}
+    out["wsum"][:n] = q.int().sum(dim=1)
+    out["wscale"][:n] = scale
+    if bias is not None:
+        out["wbias"][:n] = bias.detach().float()
+    return out
+
+
 class DynamicInt8Linear(nn.Module):
-    """int8 weights (per-channel) x int8 activations (per-tensor, quantised on the fly), fp32 result with the
-    fp32 bias added by the kernel: fbgemm's `quantized::linear_dynamic` (CPU only). One kernel call per
-    forward (a decode step makes ~100 of them, so each skipped op counts)."""
+    """int8 weights (per output channel) x int8 activations quantised on the fly, fp32 result with the fp32
+    bias added inside the kernel (CPU only).
+
+    1-8 rows (the decode step, one row per beam): the VNNI GEMV of `kernels/gemv_s8.c` when it is available
+    (activations per row, symmetric; every weight byte read once for all rows); more rows (prefill, latent
+    pass) or no kernel: fbgemm's `quantized::linear_dynamic` (activations per tensor). Both copies of the
+    weights are kept (int8: ~0.5 GB each for the full-size GPT). One kernel call per forward."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         super().__init__()
+        from . import kernels
+
         if weight.device.type != "cpu":
             raise OptionError("int8dyn (dynamic int8 activations) runs on the CPU only; use int8 on other devices")
         q, scale = quantize_int8(weight)
@@ -197,13 +221,29 @@ class DynamicInt8Linear(nn.Module):
                                             torch.zeros(q.shape[0], dtype=torch.long), 0, torch.qint8)
             self.packed = torch.ops.quantized.linear_prepack(
                 qw, None if bias is None else bias.detach().float().contiguous())
-        self.out_features = q.shape[0]
+        self.out_features, self.in_features = q.shape
+        self.kernel = kernels.gemv_s8()
+        if self.kernel is not None:
+            for name, t in pack_vnni(q, scale, bias).items():
+                self.register_buffer(name, t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
+            if self.kernel is not None and x.shape[0] <= GEMV_ROWS:
+                y = torch.empty(x.shape[0], self.out_features)
+                if self.kernel.itf_gemv_s8(x.data_ptr(), x.shape[0], self.in_features, self.vnni.data_ptr(),
+                                           self.wsum.data_ptr(), self.wscale.data_ptr(), self.wbias.data_ptr(),
+                                           self.out_features, y.data_ptr()):
+                    raise MemoryError("int8 GEMV kernel: no scratch memory")
+                return y
             return torch.ops.quantized.linear_dynamic(x, self.packed, False)
-        y = torch.ops.quantized.linear_dynamic(_2d(x).float().contiguous(), self.packed, False)
-        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+        return self.forward(_2d(x).float().contiguous()).to(x.dtype).reshape(*x.shape[:-1], -1)
+
+    def step_bytes(self) -> int:
+        """Weight bytes one decode step reads through this layer."""
+        if self.kernel is not None:
+            return sum(t.numel() * t.element_size() for t in self.buffers())
+        return self.out_features * self.in_features + 4 * self.out_features
 
 
 LINEARS = {"bf16": BF16Linear, "int8": Int8Linear, "int8dyn": DynamicInt8Linear}
@@ -244,14 +284,10 @@ def gpt_weight_bytes(model: nn.Module) -> int:
     """Bytes a decode step reads: backbone, final_norm and mel_head (parameters, buffers, packed int8)."""
     total = 0
     for part in (model.gpt, model.final_norm, model.mel_head):
-        for t in list(part.parameters()) + list(part.buffers()):
-            total += t.numel() * t.element_size()
         for m in part.modules():
             if isinstance(m, DynamicInt8Linear):
-                total += m.out_features * _in_features(m)
+                total += m.step_bytes()
+            else:
+                total += sum(t.numel() * t.element_size()
+                             for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
     return total
-
-
-def _in_features(m: "DynamicInt8Linear") -> int:
-    w, _ = torch.ops.quantized.linear_unpack(m.packed)
-    return w.shape[1]

@@ -1,0 +1,86 @@
+"""Hand-written CPU kernels, built on first use with the system C compiler; optional.
+
+`gemv_s8.c`: the int8 decode-step GEMV of the GPT (1-8 rows): activations quantised per row to int8 on the
+fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale and bias applied. It streams
+each weight byte once for all rows, which fbgemm's dynamic linear does not do at 2-4 rows (beam search):
+`python -m indextts_fast.kernels` times both side by side. It runs on torch's OpenMP pool (same libgomp).
+
+`gemv_s8()` returns the loaded library, or None — and the callers then use fbgemm — when the CPU has no
+AVX-512 VNNI, no C compiler is found ($CC, cc, gcc), the build fails, or $INDEXTTS_FAST_KERNELS=0.
+The shared object is cached under the data folder, keyed by the source's hash.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
+
+
+def cpu_supports() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return all(f in flags for f in CPU_FLAGS)
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(source: bytes, target: Path) -> None:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found ($CC, cc, gcc)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "gemv_s8.c"
+        src.write_bytes(source)
+        out = Path(tmp) / target.name
+        proc = subprocess.run([cc, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
+        os.replace(out, target)  # atomic: concurrent builders never see half a file
+
+
+@functools.lru_cache(maxsize=None)
+def gemv_s8() -> Optional[ctypes.CDLL]:
+    """The VNNI int8 GEMV library, built and loaded once per process; None when unavailable (see module doc)."""
+    import torch  # noqa: F401  (torch's libgomp must be loaded first so the kernel shares its thread pool)
+
+    from ..speakers import default_store_dir
+
+    if os.environ.get("INDEXTTS_FAST_KERNELS", "1") == "0" or not cpu_supports():
+        return None
+    source = resources.files(__package__).joinpath("gemv_s8.c").read_bytes()
+    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    target = default_store_dir() / "kernels" / f"gemv_s8-{digest}.so"
+    try:
+        if not target.exists():
+            _build(source, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError) as e:
+        import warnings
+
+        warnings.warn(f"int8 GEMV kernel unavailable, using fbgemm instead: {e}", RuntimeWarning, stacklevel=2)
+        return None
+    fn = lib.itf_gemv_s8
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    return lib

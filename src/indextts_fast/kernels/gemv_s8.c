@@ -1,0 +1,77 @@
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <math.h>
+
+/* y[m, n] = sx[m] * ws[n] * (sum_k xq[m,k] * w[n,k]) + b[n], xq = round(x / sx) in [-127, 127] per row.
+   Weights packed in groups of 64 outputs: group g, step k4 (4 k's), block j (16 outputs), lane l, byte i
+   at ((g*K4 + k4)*4 + j)*64 + l*4 + i.  VNNI dpbusd multiplies u8 (x + 128) by s8 (w); the 128·Σw term is
+   removed with the per-output sums ws8[n] = Σ_k w[n,k]. */
+
+static void quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, float *sx) {
+    for (int m = 0; m < M; m++) {
+        const float *r = x + (size_t)m * K;
+        float amax = 0.f;
+        for (int k = 0; k < K; k++) { float a = fabsf(r[k]); amax = a > amax ? a : amax; }
+        float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
+        uint8_t *q = xq + (size_t)m * Kp;
+        for (int k = 0; k < K; k++) {
+            float v = nearbyintf(r[k] * inv);
+            v = v > 127.f ? 127.f : (v < -127.f ? -127.f : v);
+            q[k] = (uint8_t)((int)v + 128);
+        }
+        for (int k = K; k < Kp; k++) q[k] = 128;
+        sx[m] = s;
+    }
+}
+
+#define GROUP_BODY(MR)                                                                                  \
+    {                                                                                                   \
+        __m512i acc[MR][4];                                                                             \
+        for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();   \
+        const int8_t *p = wp + (size_t)g * K4 * 256;                                                    \
+        for (int k4 = 0; k4 < K4; k4++, p += 256) {                                                     \
+            __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);                      \
+            __m512i w2 = _mm512_loadu_si512(p + 128), w3 = _mm512_loadu_si512(p + 192);               \
+            for (int r = 0; r < MR; r++) {                                                              \
+                __m512i xb = _mm512_set1_epi32(*(const int32_t *)(xq + (size_t)(m0 + r) * Kp + 4 * k4)); \
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], xb, w0);                                     \
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], xb, w1);                                     \
+                acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], xb, w2);                                     \
+                acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], xb, w3);                                     \
+            }                                                                                           \
+        }                                                                                               \
+        for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++) {                                      \
+            int n0 = g * 64 + j * 16;                                                                   \
+            if (n0 >= N) break;                                                                         \
+            __m512i c = _mm512_sub_epi32(acc[r][j], _mm512_slli_epi32(_mm512_loadu_si512(wsum + n0), 7)); \
+            __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c),                                             \
+                                     _mm512_mul_ps(_mm512_set1_ps(sx[m0 + r]), _mm512_loadu_ps(ws + n0))); \
+            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + n0));                                 \
+            __mmask16 mask = N - n0 >= 16 ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);                 \
+            _mm512_mask_storeu_ps(y + (size_t)(m0 + r) * N + n0, mask, v);                              \
+        }                                                                                               \
+    }
+
+/* ws, wsum, bias: padded to G*64 entries. Returns 0, or -1 when scratch memory is not available. */
+int itf_gemv_s8(const float *x, int M, int K, const int8_t *wp, const int32_t *wsum, const float *ws,
+                const float *bias, int N, float *y) {
+    int K4 = (K + 3) / 4, Kp = 4 * K4, G = (N + 63) / 64;
+    uint8_t *xq = (uint8_t *)aligned_alloc(64, ((size_t)M * Kp + 63) / 64 * 64);
+    float *sx = (float *)malloc(sizeof(float) * (size_t)M);
+    if (!xq || !sx) { free(xq); free(sx); return -1; }
+    quantize_rows(x, M, K, Kp, xq, sx);
+    #pragma omp parallel for schedule(static)
+    for (int g = 0; g < G; g++) {
+        int m0 = 0;
+        for (; m0 + 4 <= M; m0 += 4) GROUP_BODY(4)
+        switch (M - m0) {
+            case 3: GROUP_BODY(3) break;
+            case 2: GROUP_BODY(2) break;
+            case 1: GROUP_BODY(1) break;
+            default: break;
+        }
+    }
+    free(xq); free(sx);
+    return 0;
+}
