@@ -100,3 +100,31 @@ def find_model_dir(explicit: str | None, needs: str, what: str):
             return Path(path)
     raise IndexTTSFastError(f"no full-size model folder with {needs} found (looked in: {', '.join(tried)}; "
                             f"set $INDEXTTS_FAST_FULLSIZE or pass --model-dir DIR); make one with: {make}")
+
+
+def stage_precisions(text: str) -> list[str]:
+    """--precision of the s2mel/vocoder benches: a comma list of fp32/bf16, fp32 first (bf16 casts the loaded
+    weights in place, so one model serves both, fp32 timed before the cast)."""
+    from ..errors import OptionError
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("fp32", "bf16")]
+    if bad or not modes:
+        raise OptionError(f"--precision {text!r}: choose among fp32, bf16 (comma-separated)")
+    return sorted(set(modes), key=("fp32", "bf16").index)
+
+
+def at_precision(model: torch.nn.Module, mode: str):
+    """Prepare `model` for `mode` (bf16: weights cast once, precision.cast_weights_) and return the context
+    its calls run in (bf16 autocast, as the engine runs a bf16 stage)."""
+    from ..precision import autocast, cast_weights_
+
+    cast_weights_(model, mode)
+    return autocast("cpu", mode)
+
+
+def add_speedups(cases: list[dict], key: str) -> None:
+    """Each case's `vs_fp32`: the fp32 case of the same name's `key` over its own (same run)."""
+    fp32 = {c["case"]: c[key] for c in cases if c["precision"] == "fp32"}
+    for c in cases:
+        c["vs_fp32"] = fp32[c["case"]] / c[key] if c["case"] in fp32 else None

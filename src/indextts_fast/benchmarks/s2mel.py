@@ -6,6 +6,9 @@ content, prompt mel, style; seeded noise) and reports the median per step, the F
 products and convolutions counted by torch's FlopCounterMode, attention added analytically) and the
 fraction of this machine's measured fp32 matmul peak they reach. The official code's figure for the first
 case (0.77 s per step, fp32, 2 threads; from issue 3, not measured here) is shown next to it.
+`--precision fp32,bf16` (default) times both side by side in one run (bf16 = the engine's bf16 stage:
+weights cast once, bf16 autocast), with each case's speed-up over fp32 and its fraction of that
+precision's measured matmul peak.
 
 Model folder: --model-dir, else $INDEXTTS_FAST_FULLSIZE, else the full-size random model `profile` makes in
 the data folder. Make one with `indextts-fast make-checkpoint DIR --size full --only s2mel --only bigvgan`.
@@ -33,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="timed calls per case (default 3)")
     p.add_argument("--cfg-rate", type=float, default=0.7, help="classifier-free guidance (default 0.7)")
     p.add_argument("--keep-denormals", action="store_true", help="do not flush float32 denormals to zero")
+    p.add_argument("--precision", default="fp32,bf16",
+                   help="comma-separated: fp32, bf16 (default both, side by side; bf16 = the engine's bf16 stage)")
 
 
 def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch.Tensor, batch: int) -> float:
@@ -54,7 +59,7 @@ def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch
 def run(args: argparse.Namespace) -> dict:
     from ..config import ModelFolder
     from ..models.s2mel import S2Mel, target_length
-    from .common import machine, matmul_peak, summary, table, timed
+    from .common import add_speedups, at_precision, machine, matmul_peak, stage_precisions, table
 
     torch.set_flush_denormal(not args.keep_denormals)
     from .common import find_model_dir
@@ -64,48 +69,66 @@ def run(args: argparse.Namespace) -> dict:
     cfg = folder.config.s2mel
     hop, sr = cfg.preprocess_params.spect_params.hop_length, cfg.preprocess_params.sr
     prompt_frames = int(args.prompt_seconds * sr) // hop
-    peaks = [matmul_peak()]  # re-measured after every case; the best one is this machine's peak
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    modes = stage_precisions(args.precision)
+    # re-measured after every case; the best one is this machine's peak for that precision
+    peaks = {m: [matmul_peak(dtypes[m])] for m in modes}
     gen = torch.Generator().manual_seed(0)
-    cases = []
+    inputs = []
     for codes in args.codes:
-        target = target_length(codes)
-        T = prompt_frames + target
-        mu = torch.randn(1, T, cfg.DiT.content_dim, generator=gen)
-        prompt = torch.randn(1, cfg.DiT.in_channels, prompt_frames, generator=gen) - 5
-        style = torch.randn(1, cfg.style_encoder.dim, generator=gen)
-        noise_gen = torch.Generator()
-
-        def solve():
-            noise_gen.manual_seed(1)
-            model.cfm.inference(mu, torch.tensor([T]), prompt, style, args.steps, args.cfg_rate, generator=noise_gen)
-
-        times = [t / args.steps for t in timed(solve, args.repeat, warmup=1)]
-        prompt_x = torch.zeros(1, cfg.DiT.in_channels, T)
-        prompt_x[..., :prompt_frames] = prompt
-        flops = step_flops(model.cfm.estimator, mu, prompt_x, style, 2 if args.cfg_rate > 0 else 1)
-        s = statistics.median(times)
-        cases.append({"case": f"{args.prompt_seconds:g} s prompt + {codes} codes", "codes": codes,
-                      "prompt_frames": prompt_frames, "target_frames": target, "T": T,
-                      "speech_seconds": target * hop / sr, "s_per_step": s,
-                      **{f"step_{k}": v for k, v in summary(times).items()},
-                      "gflop_per_step": flops / 1e9, "gflops": flops / s / 1e9,
-                      "official_s_per_step": OFFICIAL_S_PER_STEP.get(codes),
-                      "s_per_25_steps": 25 * s})
-        peaks.append(matmul_peak())
-    peak = max(peaks)
+        T = prompt_frames + target_length(codes)
+        inputs.append((codes, T, torch.randn(1, T, cfg.DiT.content_dim, generator=gen),
+                       torch.randn(1, cfg.DiT.in_channels, prompt_frames, generator=gen) - 5,
+                       torch.randn(1, cfg.style_encoder.dim, generator=gen)))
+    cases = []
+    for precision in modes:
+        context = at_precision(model, precision)
+        for codes, T, mu, prompt, style in inputs:
+            cases.append(_case(model, args, precision, context, codes, T, mu, prompt, style, prompt_frames, hop, sr))
+            peaks[precision].append(matmul_peak(dtypes[precision]))
+    add_speedups(cases, "s_per_step")
+    peak = {m: max(v) for m, v in peaks.items()}
     for case in cases:
-        case["fraction_of_peak"] = case["gflops"] * 1e9 / peak
+        case["fraction_of_peak"] = case["gflops"] * 1e9 / peak[case["precision"]]
     result = {"bench": "s2mel", "machine": machine(), "model_dir": str(folder.root),
               "dit": {"hidden": cfg.DiT.hidden_dim, "depth": cfg.DiT.depth, "heads": cfg.DiT.num_heads,
                       "wavenet_layers": cfg.wavenet.num_layers},
               "steps_per_call": args.steps, "cfg_rate": args.cfg_rate, "flush_denormal": not args.keep_denormals,
-              "matmul_peak_gflops": peak / 1e9,
-              "matmul_peak_measurements_gflops": [p / 1e9 for p in peaks], "cases": cases}
+              "matmul_peak_gflops": {m: v / 1e9 for m, v in peak.items()},
+              "matmul_peak_measurements_gflops": {m: [p / 1e9 for p in v] for m, v in peaks.items()},
+              "cases": cases}
     print(f"S2Mel CFM step (DiT {cfg.DiT.hidden_dim}x{cfg.DiT.depth}, CFG {args.cfg_rate}), "
-          f"{torch.get_num_threads()} threads, fp32 matmul peak {peak / 1e9:.0f} GFLOP/s "
-          f"(best of {', '.join(f'{p / 1e9:.0f}' for p in peaks)}), load avg {result['machine']['load_avg_1m']}")
-    print(table(cases, [("case", "case", ""), ("T", "T", "d"), ("s_per_step", "s/step", ".3f"),
+          f"{torch.get_num_threads()} threads, matmul peak "
+          f"{', '.join(f'{m} {v / 1e9:.0f}' for m, v in peak.items())} GFLOP/s (best of each precision's "
+          f"measurements; 'of peak' is against its own), load avg {result['machine']['load_avg_1m']}")
+    print(table(cases, [("precision", "precision", ""), ("case", "case", ""), ("T", "T", "d"),
+                        ("s_per_step", "s/step", ".3f"), ("vs_fp32", "vs fp32", ".2f"),
                         ("step_min_s", "min", ".3f"), ("official_s_per_step", "official", ".2f"),
                         ("gflop_per_step", "GFLOP/step", ".1f"), ("gflops", "GFLOP/s", ".1f"),
                         ("fraction_of_peak", "of peak", ".2f"), ("s_per_25_steps", "25 steps s", ".2f")]))
     return result
+
+
+def _case(model, args, precision, context, codes, T, mu, prompt, style, prompt_frames, hop, sr) -> dict:
+    """Time `args.steps`-step solves of one case at one precision; FLOPs of one CFG step."""
+    from .common import summary, timed
+
+    noise_gen = torch.Generator()
+
+    def solve():
+        noise_gen.manual_seed(1)
+        model.cfm.inference(mu, torch.tensor([T]), prompt, style, args.steps, args.cfg_rate, generator=noise_gen)
+
+    with context:
+        times = [t / args.steps for t in timed(solve, args.repeat, warmup=1)]
+        prompt_x = torch.zeros(1, model.cfm.estimator.in_channels, T)
+        prompt_x[..., :prompt_frames] = prompt
+        flops = step_flops(model.cfm.estimator, mu, prompt_x, style, 2 if args.cfg_rate > 0 else 1)
+    s = statistics.median(times)
+    return {"precision": precision, "case": f"{args.prompt_seconds:g} s prompt + {codes} codes", "codes": codes,
+            "prompt_frames": prompt_frames, "target_frames": T - prompt_frames, "T": T,
+            "speech_seconds": (T - prompt_frames) * hop / sr, "s_per_step": s,
+            **{f"step_{k}": v for k, v in summary(times).items()},
+            "gflop_per_step": flops / 1e9, "gflops": flops / s / 1e9,
+            "official_s_per_step": OFFICIAL_S_PER_STEP.get(codes) if precision == "fp32" else None,
+            "s_per_25_steps": 25 * s}

@@ -4,7 +4,7 @@ Cases: mels of ~1, 5 and 10 s (86, 431, 861 frames at 22050 Hz / hop 256). Repor
 call and per audio second, the model's convolution FLOPs (torch's FlopCounterMode on aten.convolution:
 the anti-aliased activations' resampling is not counted) and the fraction of this machine's measured fp32
 matmul peak they reach. The official code's figure (0.9 s per audio second, fp32, 2 threads; from issue 3,
-not measured here) is shown next to it.
+not measured here) is shown next to it. `--precision fp32,bf16` (default) times both side by side.
 
 Model folder: --model-dir, else $INDEXTTS_FAST_FULLSIZE, else the random full-size model of `profile` (the first
 holding hf_cache/bigvgan). Make one with
@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="audio seconds per case (default 1 5 10)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per case (default 3)")
     p.add_argument("--keep-denormals", action="store_true", help="do not flush float32 denormals to zero")
+    p.add_argument("--precision", default="fp32,bf16",
+                   help="comma-separated: fp32, bf16 (default both, side by side; bf16 = the engine's bf16 stage)")
 
 
 def conv_flops(model, mel: torch.Tensor) -> float:
@@ -45,41 +47,50 @@ def conv_flops(model, mel: torch.Tensor) -> float:
 def run(args: argparse.Namespace) -> dict:
     from ..config import ModelFolder
     from ..models.bigvgan import BigVGAN
-    from .common import machine, matmul_peak, summary, table, timed
+    from ..precision import prepare_vocoder_
+    from .common import add_speedups, at_precision, machine, matmul_peak, stage_precisions, summary, table, timed
 
     torch.set_flush_denormal(not args.keep_denormals)
     folder = ModelFolder(find_model_dir(args.model_dir, "hf_cache/bigvgan/bigvgan_generator.pt", "BigVGAN weights"))
     model = BigVGAN.from_folder(folder)
     sr = int(model.cfg.model_extra.get("sampling_rate", 22050))
-    peaks = [matmul_peak()]  # re-measured after every case; the best one is this machine's peak
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    modes = stage_precisions(args.precision)
+    peaks = {m: [matmul_peak(dtypes[m])] for m in modes}  # best of the measurements after every case
     gen = torch.Generator().manual_seed(0)
-    cases = []
+    mels = []
     for seconds in args.seconds:
         frames = max(1, round(seconds * sr / model.hop_length))
-        mel = torch.randn(1, model.cfg.num_mels, frames, generator=gen) - 5
-        audio_s = frames * model.hop_length / sr
-        with torch.inference_mode():
-            times = timed(lambda: model(mel), args.repeat, warmup=1)
-        s = statistics.median(times)
-        flops = conv_flops(model, mel)
-        cases.append({"case": f"{audio_s:.2f} s audio", "frames": frames, "audio_seconds": audio_s,
-                      "s_per_call": s, **{f"call_{k}": v for k, v in summary(times).items()},
-                      "s_per_audio_second": s / audio_s, "s_per_audio_second_min": min(times) / audio_s,
-                      "official_s_per_audio_second": OFFICIAL_S_PER_AUDIO_SECOND,
-                      "gflop_per_audio_second": flops / audio_s / 1e9, "gflops": flops / s / 1e9})
-        peaks.append(matmul_peak())
-    peak = max(peaks)
+        mels.append((frames, torch.randn(1, model.cfg.num_mels, frames, generator=gen) - 5))
+    cases = []
+    for precision in modes:
+        context = at_precision(prepare_vocoder_(model, precision), precision)
+        for frames, mel in mels:
+            audio_s = frames * model.hop_length / sr
+            with torch.inference_mode(), context:
+                times = timed(lambda: model(mel), args.repeat, warmup=1)
+                flops = conv_flops(model, mel)
+            s = statistics.median(times)
+            cases.append({"precision": precision, "case": f"{audio_s:.2f} s audio", "frames": frames,
+                          "audio_seconds": audio_s, "s_per_call": s, **{f"call_{k}": v for k, v in summary(times).items()},
+                          "s_per_audio_second": s / audio_s, "s_per_audio_second_min": min(times) / audio_s,
+                          "official_s_per_audio_second": OFFICIAL_S_PER_AUDIO_SECOND if precision == "fp32" else None,
+                          "gflop_per_audio_second": flops / audio_s / 1e9, "gflops": flops / s / 1e9})
+            peaks[precision].append(matmul_peak(dtypes[precision]))
+    add_speedups(cases, "s_per_call")
+    peak = {m: max(v) for m, v in peaks.items()}
     for case in cases:
-        case["fraction_of_peak"] = case["gflops"] * 1e9 / peak
+        case["fraction_of_peak"] = case["gflops"] * 1e9 / peak[case["precision"]]
     result = {"bench": "vocoder", "machine": machine(), "model_dir": str(folder.root),
               "upsample_initial_channel": model.cfg.upsample_initial_channel, "hop_length": model.hop_length,
-              "flush_denormal": not args.keep_denormals, "matmul_peak_gflops": peak / 1e9,
-              "matmul_peak_measurements_gflops": [p / 1e9 for p in peaks], "cases": cases}
+              "flush_denormal": not args.keep_denormals,
+              "matmul_peak_gflops": {m: v / 1e9 for m, v in peak.items()},
+              "matmul_peak_measurements_gflops": {m: [p / 1e9 for p in v] for m, v in peaks.items()}, "cases": cases}
     print(f"BigVGAN (C0 {model.cfg.upsample_initial_channel}, hop {model.hop_length}), {torch.get_num_threads()} "
-          f"threads, fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (best of "
-          f"{', '.join(f'{p / 1e9:.0f}' for p in peaks)}), "
-          f"load avg {result['machine']['load_avg_1m']}")
-    print(table(cases, [("case", "case", ""), ("frames", "frames", "d"), ("s_per_call", "s/call", ".3f"),
+          f"threads, matmul peak {', '.join(f'{m} {v / 1e9:.0f}' for m, v in peak.items())} GFLOP/s ('of peak' "
+          f"is against its own precision's), load avg {result['machine']['load_avg_1m']}")
+    print(table(cases, [("precision", "precision", ""), ("case", "case", ""), ("frames", "frames", "d"),
+                        ("s_per_call", "s/call", ".3f"), ("vs_fp32", "vs fp32", ".2f"),
                         ("s_per_audio_second", "s/audio-s", ".3f"),
                         ("s_per_audio_second_min", "min", ".3f"), ("official_s_per_audio_second", "official", ".2f"),
                         ("gflop_per_audio_second", "GFLOP/audio-s", ".1f"), ("gflops", "GFLOP/s", ".1f"),
