@@ -25,32 +25,42 @@ static void quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, flo
     }
 }
 
-#define GROUP_BODY(MR)                                                                                  \
-    {                                                                                                   \
-        __m512i acc[MR][4];                                                                             \
-        for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();   \
-        const int8_t *p = wp + (size_t)g * K4 * 256;                                                    \
-        for (int k4 = 0; k4 < K4; k4++, p += 256) {                                                     \
-            __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);                      \
-            __m512i w2 = _mm512_loadu_si512(p + 128), w3 = _mm512_loadu_si512(p + 192);               \
-            for (int r = 0; r < MR; r++) {                                                              \
-                __m512i xb = _mm512_set1_epi32(*(const int32_t *)(xq + (size_t)(m0 + r) * Kp + 4 * k4)); \
-                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], xb, w0);                                     \
-                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], xb, w1);                                     \
-                acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], xb, w2);                                     \
-                acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], xb, w3);                                     \
-            }                                                                                           \
-        }                                                                                               \
-        for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++) {                                      \
-            int n0 = g * 64 + j * 16;                                                                   \
-            if (n0 >= N) break;                                                                         \
-            __m512i c = _mm512_sub_epi32(acc[r][j], _mm512_slli_epi32(_mm512_loadu_si512(wsum + n0), 7)); \
-            __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c),                                             \
-                                     _mm512_mul_ps(_mm512_set1_ps(sx[m0 + r]), _mm512_loadu_ps(ws + n0))); \
-            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + n0));                                 \
-            __mmask16 mask = N - n0 >= 16 ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);                 \
-            _mm512_mask_storeu_ps(y + (size_t)(m0 + r) * N + n0, mask, v);                              \
-        }                                                                                               \
+/* One row's 4 accumulators (64 outputs), as named variables so that they stay in registers. */
+#define ACC_DECL(r) __m512i a##r##0 = _mm512_setzero_si512(), a##r##1 = _mm512_setzero_si512(), \
+                            a##r##2 = _mm512_setzero_si512(), a##r##3 = _mm512_setzero_si512();
+#define ACC_STEP(r)                                                                                   \
+    {                                                                                                 \
+        __m512i xb = _mm512_set1_epi32(*(const int32_t *)(xq + (size_t)(m0 + r) * Kp + 4 * k4));      \
+        a##r##0 = _mm512_dpbusd_epi32(a##r##0, xb, w0);                                               \
+        a##r##1 = _mm512_dpbusd_epi32(a##r##1, xb, w1);                                               \
+        a##r##2 = _mm512_dpbusd_epi32(a##r##2, xb, w2);                                               \
+        a##r##3 = _mm512_dpbusd_epi32(a##r##3, xb, w3);                                               \
+    }
+#define ACC_STORE(r)                                                                                  \
+    store16(a##r##0, g * 64, m0 + r, N, wsum, ws, bias, sx, y);                                      \
+    store16(a##r##1, g * 64 + 16, m0 + r, N, wsum, ws, bias, sx, y);                                 \
+    store16(a##r##2, g * 64 + 32, m0 + r, N, wsum, ws, bias, sx, y);                                 \
+    store16(a##r##3, g * 64 + 48, m0 + r, N, wsum, ws, bias, sx, y);
+
+/* (acc - 128·Σw) · sx[m] · ws[n] + b[n] for outputs n0..n0+15 of row m (masked at the tail). */
+static inline void store16(__m512i acc, int n0, int m, int N, const int32_t *wsum, const float *ws,
+                           const float *bias, const float *sx, float *y) {
+    if (n0 >= N) return;
+    __m512i c = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_loadu_si512(wsum + n0), 7));
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(_mm512_set1_ps(sx[m]), _mm512_loadu_ps(ws + n0)));
+    if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + n0));
+    __mmask16 mask = N - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+    _mm512_mask_storeu_ps(y + (size_t)m * N + n0, mask, v);
+}
+
+#define GROUP_LOOP(STEPS)                                                                             \
+    {                                                                                                 \
+        const int8_t *p = wp + (size_t)g * K4 * 256;                                                  \
+        for (int k4 = 0; k4 < K4; k4++, p += 256) {                                                   \
+            __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);                    \
+            __m512i w2 = _mm512_loadu_si512(p + 128), w3 = _mm512_loadu_si512(p + 192);             \
+            STEPS                                                                                     \
+        }                                                                                             \
     }
 
 /* ws, wsum, bias: padded to G*64 entries. Returns 0, or -1 when scratch memory is not available. */
@@ -64,12 +74,23 @@ int itf_gemv_s8(const float *x, int M, int K, const int8_t *wp, const int32_t *w
     #pragma omp parallel for schedule(static)
     for (int g = 0; g < G; g++) {
         int m0 = 0;
-        for (; m0 + 4 <= M; m0 += 4) GROUP_BODY(4)
-        switch (M - m0) {
-            case 3: GROUP_BODY(3) break;
-            case 2: GROUP_BODY(2) break;
-            case 1: GROUP_BODY(1) break;
-            default: break;
+        for (; m0 + 4 <= M; m0 += 4) {
+            ACC_DECL(0) ACC_DECL(1) ACC_DECL(2) ACC_DECL(3)
+            GROUP_LOOP(ACC_STEP(0) ACC_STEP(1) ACC_STEP(2) ACC_STEP(3))
+            ACC_STORE(0) ACC_STORE(1) ACC_STORE(2) ACC_STORE(3)
+        }
+        if (M - m0 == 3) {
+            ACC_DECL(0) ACC_DECL(1) ACC_DECL(2)
+            GROUP_LOOP(ACC_STEP(0) ACC_STEP(1) ACC_STEP(2))
+            ACC_STORE(0) ACC_STORE(1) ACC_STORE(2)
+        } else if (M - m0 == 2) {
+            ACC_DECL(0) ACC_DECL(1)
+            GROUP_LOOP(ACC_STEP(0) ACC_STEP(1))
+            ACC_STORE(0) ACC_STORE(1)
+        } else if (M - m0 == 1) {
+            ACC_DECL(0)
+            GROUP_LOOP(ACC_STEP(0))
+            ACC_STORE(0)
         }
     }
     free(xq); free(sx);

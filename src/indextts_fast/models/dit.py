@@ -51,7 +51,10 @@ class TimestepEmbedder(nn.Module):
 
 
 def rms_normalize(x: Tensor, eps: float) -> Tensor:
-    """x·rsqrt(mean(x²) + eps) computed in float32 (official: x.float(), then cast back)."""
+    """x·rsqrt(mean(x²) + eps) computed in float32 (official: x.float(), then cast back). torch's kernel
+    computes a bf16 input in float32 and rounds once, so a bf16 x skips both copies (same result)."""
+    if x.dtype == torch.bfloat16:
+        return F.rms_norm(x, (x.shape[-1],), eps=eps)
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
 
 
@@ -76,8 +79,10 @@ class AdaptiveRMSNorm(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         weight, bias = self.project_layer(c).chunk(2, dim=-1)  # (B, 1, D) each
         # fewer passes over (B, T, D) than the official op chain: γ is folded into the per-sample scale
-        # (w·γ is B·D multiplies) and the affine part is one addcmul; same math, other rounding order
-        return torch.addcmul(bias, weight * self.norm.weight, rms_normalize(x, self.norm.eps))
+        # (w·γ is B·D multiplies) and the affine part is one addcmul; same math, other rounding order.
+        # In a bf16 stage the scale is rounded to bf16 so that the (B, T, D) pass stays bf16.
+        normalized = rms_normalize(x, self.norm.eps)
+        return torch.addcmul(bias, (weight * self.norm.weight).to(normalized.dtype), normalized)
 
 
 def rope_table(n_positions: int, head_dim: int, base: float = 10000.0) -> Tensor:
