@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import torch
 import pytest
 import soundfile as sf
 
@@ -112,6 +113,23 @@ def test_emotion_vector_and_audio(engine, prompt):
     same_clip = engine.synthesize(TEXTS["en"], voice=prompt, preset="extreme", seed=1,
                                   emotion=Emotion(audio=prompt, alpha=1.0), **SHORT)
     assert np.isfinite(same_clip.audio).all()
+
+
+def test_default_emotion_is_computed_once_per_speaker(engine, prompt, monkeypatch):
+    spk = engine.speaker(prompt)
+    engine.clear_caches()
+    first = engine.emotion_vector(spk, Emotion())
+    calls = []
+    real = engine.gpt.merge_emovec
+    monkeypatch.setattr(engine.gpt, "merge_emovec", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = engine.emotion_vector(spk, Emotion())
+    assert torch.equal(first, again) and calls == []          # cached: same values, no encoder pass
+    assert torch.equal(first, real(spk.spk_cond_emb, spk.emo_cond_emb, 1.0).float())
+    engine.emotion_vector(spk, Emotion(vector=[0.8, 0, 0, 0, 0, 0, 0, 0]))
+    assert calls == [1]                                      # other emotions are not cached
+    engine.clear_caches()
+    engine.emotion_vector(spk, Emotion())
+    assert calls == [1, 1]
 
 
 def test_profile_timings(engine, prompt):

@@ -19,6 +19,7 @@ for speed. The GPT is converted once at load; s2mel, vocoder and conditioning ru
 
 from __future__ import annotations
 
+import hashlib
 import random
 import warnings
 from collections import OrderedDict
@@ -194,6 +195,7 @@ class Engine:
         self._cache_fingerprint = self.fingerprint if cond == "fp32" else f"{self.fingerprint}+conditioning-{cond}"
         self._speakers = _LRU(cache_size)  # audio content hash -> SpeakerConditioning
         self._emotions = _LRU(cache_size)  # content hash -> emo_cond_emb
+        self._default_emovecs = _LRU(cache_size)  # hash of a speaker's features -> its own-emotion emovec
         self._emotion_text = None  # the emotion classifier, loaded on first use
         self.extractions = 0  # how many times reference features were extracted (tests read it)
 
@@ -317,7 +319,22 @@ class Engine:
                 return mat + (1.0 - total) * base
             if emo_cond_emb is not None:
                 return self.gpt.merge_emovec(spk.spk_cond_emb, emo_cond_emb, emotion.alpha).float()
-            return self.gpt.merge_emovec(spk.spk_cond_emb, spk.emo_cond_emb, 1.0).float()
+            return self._default_emovec(spk)
+
+    def _default_emovec(self, spk: SpeakerConditioning) -> torch.Tensor:
+        """The speaker's own emotion (no emotion given): a pure function of its features, so it is computed
+        once per speaker and kept with the other cached conditioning (same values, two emotion-encoder
+        passes saved per request)."""
+        h = hashlib.sha256()
+        for t in (spk.spk_cond_emb, spk.emo_cond_emb):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+        key = h.hexdigest()
+        emovec = self._default_emovecs.get_fresh(key)
+        if emovec is None:
+            emovec = self.gpt.merge_emovec(spk.spk_cond_emb, spk.emo_cond_emb, 1.0).float()
+            self._default_emovecs.put(key, emovec)
+        return emovec
 
     # ---- synthesis -------------------------------------------------------------------------------
     def synthesize(self, text: str, voice: str | Path | None = None, speaker_id: Optional[str] = None,
@@ -412,3 +429,4 @@ class Engine:
         """Forget cached conditioning in memory (the store on disk is untouched)."""
         self._speakers.clear()
         self._emotions.clear()
+        self._default_emovecs.clear()
