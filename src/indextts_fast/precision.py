@@ -9,22 +9,26 @@ mode name (below) or a per-stage mapping, e.g. {"gpt": "int8", "s2mel": "bf16"} 
     fp32      fp32      fp32   fp32     fp32           exact parity (default)
     bf16      bf16      bf16   bf16     bf16
     int8      int8      bf16   bf16     bf16           GPT weight-only int8, the rest bf16
-    int8dyn   int8dyn   bf16   bf16     bf16           GPT int8 weights AND int8 activations (CPU, fbgemm)
+    int8dyn   int8dyn   bf16   bf16     bf16           GPT int8 weights AND int8 activations (CPU)
 
 How each is done:
 - GPT: the GPT-2 projections (`Conv1D`) and `mel_head` are swapped for modules of the same contract
   (fp32 in, fp32 out): `BF16Linear` (bf16 weights, bf16 GEMM), `Int8Linear` (per-output-channel symmetric
   int8 weights; 1-8 rows: `torch._weight_int8pack_mm` with bf16 activations, the weight read once as
   int8; more rows (prefill, latent pass): dequantised to bf16 and one bf16 GEMM (AMX)), `DynamicInt8Linear`
-  (fbgemm `quantized.linear_dynamic`: activations quantised per tensor on the fly, int8 x int8 -> int32,
-  VNNI). LayerNorms, attention, softmax, the KV cache and the logits processors stay fp32.
-- s2mel, vocoder, conditioning: `torch.autocast(device_type, bfloat16)` around the stage: matmuls, convs
-  and SDPA run in bf16 (AMX on CPU), norms/softmax/reductions in fp32 (autocast's fp32 list); the
-  stage's output is cast back to fp32.
-Measured agreement with fp32: `indextts-fast fidelity`; speed: `indextts-fast profile --precision ...`.
-On a 2-core AMX Xeon (full-size GPT, 2 threads), the raw 1-row kernels read int8 weights at ~16 GB/s
-(`_weight_int8pack_mm`) and ~23 GB/s (fbgemm dynamic), the bf16 GEMV at ~17 GB/s, fp32 F.linear at
-~25 GB/s: int8dyn is the fastest decode step, int8 the weight-only one the logits error is bounded by.
+  (int8 x int8 -> int32 with activations quantised on the fly: 1-8 rows through our AVX-512 VNNI GEMV,
+  `kernels/gemv_s8.c`, per-row scales, every weight byte read once for all beams; more rows, or no kernel,
+  through fbgemm's `quantized.linear_dynamic`, per-tensor scales). LayerNorms, attention, softmax and the
+  logits processors stay fp32; reduced-precision GPTs keep their KV cache in bf16 (`kv_dtype`).
+- s2mel, vocoder, conditioning: `torch.autocast(device_type, bfloat16)` around the stage, with the stage's
+  Linear/Conv weights stored in bf16 once (`cast_weights_`: the same rounding autocast applies per call):
+  matmuls, convs and SDPA run in bf16 (AMX on CPU), norms/softmax/reductions in fp32 (autocast's fp32
+  list); the stage's output is cast back to fp32.
+Measured agreement with fp32: `indextts-fast fidelity`; speed: `indextts-fast profile --precision ...`,
+`bench gpt|s2mel|vocoder --precision ...`. On a 2-core AMX Xeon (full-size GPT, 2 threads) a 1-row decode
+step reads int8 weights at ~25 GB/s through the VNNI GEMV (fbgemm: ~23 GB/s at 1 row, ~18 at 3 rows;
+`_weight_int8pack_mm` ~16 GB/s), the bf16 GEMV at ~17 GB/s, fp32 F.linear at ~25 GB/s: int8dyn is the
+fastest decode step, int8 the weight-only one the logits error is bounded by.
 Threads: the engine's `threads` (profile/bench default 2 = the physical cores of such a box).
 """
 
