@@ -67,3 +67,15 @@ def test_disabled_by_environment(monkeypatch):
         assert kernels.gemv_s8() is None
     finally:
         kernels.gemv_s8.cache_clear()
+
+
+def test_fbgemm_fallback_serves_every_row_count(monkeypatch):
+    monkeypatch.setattr(kernels, "gemv_s8", lambda: None)      # no compiler / no VNNI
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(96, 64, generator=g) / 8, torch.randn(96, generator=g)
+    m = DynamicInt8Linear(w, b)
+    assert m.kernel is None and not hasattr(m, "vnni")
+    for rows in (1, 3, GEMV_ROWS + 1):
+        x = torch.randn(rows, 64, generator=g)
+        assert float((m(x) - F.linear(x, w, b)).norm() / F.linear(x, w, b).norm()) < 3e-2
+    assert m.step_bytes() == 96 * 64 + 4 * 96

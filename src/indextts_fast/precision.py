@@ -233,7 +233,7 @@ class DynamicInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
-            if self.kernel is not None and x.shape[0] <= GEMV_ROWS:
+            if self.kernel is not None and x.shape[0] <= GEMV_ROWS and x.device.type == "cpu":
                 y = torch.empty(x.shape[0], self.out_features)
                 if self.kernel.itf_gemv_s8(x.data_ptr(), x.shape[0], self.in_features, self.vnni.data_ptr(),
                                            self.wsum.data_ptr(), self.wscale.data_ptr(), self.wbias.data_ptr(),

@@ -53,10 +53,19 @@ static inline void store16(__m512i acc, int n0, int m, int N, const int32_t *wsu
     _mm512_mask_storeu_ps(y + (size_t)m * N + n0, mask, v);
 }
 
-#define GROUP_LOOP(STEPS)                                                                             \
+#ifndef PREFETCH
+#define PREFETCH 4096 /* bytes ahead in the weight stream (2+ rows: compute hides less of the latency) */
+#endif
+#define GROUP_LOOP(PF, STEPS)                                                                             \
     {                                                                                                 \
         const int8_t *p = wp + (size_t)g * K4 * 256;                                                  \
         for (int k4 = 0; k4 < K4; k4++, p += 256) {                                                   \
+            if (PF) {                                                                                 \
+                _mm_prefetch((const char *)p + PREFETCH, _MM_HINT_T0);                                \
+                _mm_prefetch((const char *)p + PREFETCH + 64, _MM_HINT_T0);                           \
+                _mm_prefetch((const char *)p + PREFETCH + 128, _MM_HINT_T0);                          \
+                _mm_prefetch((const char *)p + PREFETCH + 192, _MM_HINT_T0);                          \
+            }                                                                                         \
             __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);                    \
             __m512i w2 = _mm512_loadu_si512(p + 128), w3 = _mm512_loadu_si512(p + 192);             \
             STEPS                                                                                     \
@@ -76,20 +85,20 @@ int itf_gemv_s8(const float *x, int M, int K, const int8_t *wp, const int32_t *w
         int m0 = 0;
         for (; m0 + 4 <= M; m0 += 4) {
             ACC_DECL(0) ACC_DECL(1) ACC_DECL(2) ACC_DECL(3)
-            GROUP_LOOP(ACC_STEP(0) ACC_STEP(1) ACC_STEP(2) ACC_STEP(3))
+            GROUP_LOOP(1, ACC_STEP(0) ACC_STEP(1) ACC_STEP(2) ACC_STEP(3))
             ACC_STORE(0) ACC_STORE(1) ACC_STORE(2) ACC_STORE(3)
         }
         if (M - m0 == 3) {
             ACC_DECL(0) ACC_DECL(1) ACC_DECL(2)
-            GROUP_LOOP(ACC_STEP(0) ACC_STEP(1) ACC_STEP(2))
+            GROUP_LOOP(1, ACC_STEP(0) ACC_STEP(1) ACC_STEP(2))
             ACC_STORE(0) ACC_STORE(1) ACC_STORE(2)
         } else if (M - m0 == 2) {
             ACC_DECL(0) ACC_DECL(1)
-            GROUP_LOOP(ACC_STEP(0) ACC_STEP(1))
+            GROUP_LOOP(1, ACC_STEP(0) ACC_STEP(1))
             ACC_STORE(0) ACC_STORE(1)
         } else if (M - m0 == 1) {
             ACC_DECL(0)
-            GROUP_LOOP(ACC_STEP(0))
+            GROUP_LOOP(0, ACC_STEP(0))
             ACC_STORE(0)
         }
     }
