@@ -65,3 +65,21 @@ def test_command_writes_json(tiny_dir, tmp_path, capsys):
                "--text-tokens", "6", "--threads", "1", "--json", str(out)])
     assert rc == 0 and out.exists()
     assert "gpt int8dyn" in capsys.readouterr().out
+
+
+def test_nudge_is_one_rounding_step():
+    from indextts_fast.fidelity import nudged
+
+    x = torch.linspace(-3, 3, 101)
+    y = nudged(x, seed=0)
+    ratio = (y[x != 0] / x[x != 0]).double()
+    assert torch.all((ratio - 1).abs() <= 2.0 ** -23) and torch.all(y != x)     # every value moved, by 1 ulp
+
+
+def test_sensitivity_of_fp32_itself(tiny_dir):
+    report = fidelity(tiny_dir, {"s2mel": "bf16", "vocoder": "bf16"}, stages={"gpt": False}, sensitivity=True,
+                      **SMALL)
+    s, v = report["s2mel"], report["vocoder"]
+    # the tiny model is calm: one rounding step of input moves fp32 far less than bf16 does
+    assert 0.0 < s["fp32_sensitivity_rel_err"] < s["mel_rel_err"] / 10
+    assert v["fp32_sensitivity_snr_db"] > v["snr_db"] + 20

@@ -9,6 +9,12 @@
 - vocoder: BigVGAN on the fp32 mel of the s2mel check: waveform SNR in dB.
 Inputs are seeded random tensors shaped from the folder's config, so the check runs on any model folder
 (random weights, real checkpoints). THRESHOLDS are the limits the tests enforce on the tiny model.
+
+`sensitivity=True` also measures how much fp32 ITSELF moves when its input moves by one rounding step
+(the starting noise of the flow matching, the vocoder's mel, each value moved to a neighbouring float): the floor no
+reduced-precision mode can go below. A model that amplifies rounding that much (the random full-size
+weights do: deep random nets are chaotic) cannot meet a threshold under its own sensitivity, whatever the
+arithmetic; trained weights are expected to be far calmer. Costs one more fp32 pass of each stage.
 """
 
 from __future__ import annotations
@@ -126,11 +132,19 @@ def run_vocoder(vocoder, mel: torch.Tensor, mode: str, device) -> torch.Tensor:
         return vocoder(mel.to(device)).float().reshape(-1)
 
 
+def nudged(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """x with every value moved to its next float up or down (random direction): one rounding step."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    up = torch.randint(0, 2, x.shape, generator=gen).bool().to(x.device)
+    inf = torch.full_like(x, math.inf)
+    return torch.where(up, torch.nextafter(x, inf), torch.nextafter(x, -inf))
+
+
 # ---- everything --------------------------------------------------------------------------------------
 
 def fidelity(model_dir, precision: Precision, *, codes: int = 48, text_tokens: int = 24, mel_codes: int = 60,
              prompt_codes: int = 40, steps: int = 25, cfg_rate: float = 0.7, seed: int = 0,
-             device: str = "cpu", stages: Optional[Mapping[str, bool]] = None) -> dict:
+             device: str = "cpu", stages: Optional[Mapping[str, bool]] = None, sensitivity: bool = False) -> dict:
     """Compare every non-fp32 stage of `precision` with fp32 on `model_dir`; returns a JSON-able dict."""
     from .models.bigvgan import BigVGAN
     from .models.gpt import load_gpt
@@ -154,6 +168,10 @@ def fidelity(model_dir, precision: Precision, *, codes: int = 48, text_tokens: i
             report["s2mel"] = {"mode": modes["s2mel"], "frames": int(mel.shape[-1]), "steps": steps,
                                "mel_rel_err": rel_err(got, mel), "mel_cosine": cosine(got, mel),
                                "mel_max_abs_err": float((got - mel).abs().max())}
+            if sensitivity:
+                *rest, noise = inputs
+                moved = run_s2mel(s2mel, (*rest, nudged(noise, seed)), steps, cfg_rate, "fp32", device)
+                report["s2mel"]["fp32_sensitivity_rel_err"] = rel_err(moved, mel)
         del s2mel
         if wanted["vocoder"] and modes["vocoder"] != "fp32":
             vocoder = prepare_vocoder_(BigVGAN.from_folder(folder).to(device), modes["vocoder"])
@@ -161,6 +179,9 @@ def fidelity(model_dir, precision: Precision, *, codes: int = 48, text_tokens: i
             got = run_vocoder(vocoder, mel, modes["vocoder"], device)
             report["vocoder"] = {"mode": modes["vocoder"], "samples": int(want.numel()),
                                  "snr_db": snr_db(got, want), "wave_rel_err": rel_err(got, want)}
+            if sensitivity:
+                moved = run_vocoder(vocoder, nudged(mel, seed), "fp32", device)
+                report["vocoder"]["fp32_sensitivity_snr_db"] = snr_db(moved, want)
     report["within_thresholds"] = within_thresholds(report)
     return report
 
@@ -187,10 +208,16 @@ def format_report(report: dict) -> str:
         s = report["s2mel"]
         lines.append(f"  s2mel {s['mode']:>5}: mel rel err {s['mel_rel_err']:.2e}, cosine {s['mel_cosine']:.6f}, "
                      f"max abs {s['mel_max_abs_err']:.3g} ({s['frames']} frames, {s['steps']} steps)")
+        if "fp32_sensitivity_rel_err" in s:
+            lines.append(f"        fp32 itself, starting noise moved by one rounding step: mel rel err "
+                         f"{s['fp32_sensitivity_rel_err']:.2e} (no mode can do better)")
     if "vocoder" in report:
         v = report["vocoder"]
         lines.append(f"  vocoder {v['mode']:>3}: SNR {v['snr_db']:.1f} dB, wave rel err {v['wave_rel_err']:.2e} "
                      f"({v['samples']} samples)")
+        if "fp32_sensitivity_snr_db" in v:
+            lines.append(f"        fp32 itself, mel moved by one rounding step: SNR {v['fp32_sensitivity_snr_db']:.1f} dB "
+                         f"(no mode can do better)")
     for name, ok in report["within_thresholds"].items():
         lines.append(f"  {name} <= {THRESHOLDS[name]:g}: {'yes' if ok else 'NO'}" if "snr" not in name else
                      f"  {name} >= {THRESHOLDS[name]:g}: {'yes' if ok else 'NO'}")

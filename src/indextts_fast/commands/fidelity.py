@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also measure fp32's own change when its input moves by one rounding step (the floor "
+                        "no mode can beat; one more fp32 pass of s2mel and vocoder)")
     p.add_argument("--json", metavar="FILE")
 
 
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     for mode in [m.strip() for m in args.precision.split(",") if m.strip()]:
         report = fidelity(args.model_dir, parse_precision(mode), codes=args.codes, text_tokens=args.text_tokens,
                           mel_codes=args.mel_codes, prompt_codes=args.prompt_codes, steps=args.steps,
-                          seed=args.seed, device=args.device)
+                          seed=args.seed, device=args.device, sensitivity=args.sensitivity)
         print(format_report(report))
         reports[mode] = report
     if args.json:
