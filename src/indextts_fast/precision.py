@@ -17,8 +17,8 @@ How each is done:
   int8 weights; 1-8 rows: `torch._weight_int8pack_mm` with bf16 activations, the weight read once as
   int8; more rows (prefill, latent pass): dequantised to bf16 and one bf16 GEMM (AMX)), `DynamicInt8Linear`
   (int8 x int8 -> int32 with activations quantised on the fly: 1-8 rows through our AVX-512 VNNI GEMV,
-  `kernels/gemv_s8.c`, per-row scales, every weight byte read once for all beams; more rows, or no kernel,
-  through fbgemm's `quantized.linear_dynamic`, per-tensor scales). LayerNorms, attention, softmax and the
+  `kernels/gemv_s8.c`, per-row scales and zero points, every weight byte read once for all beams; more
+  rows, or no kernel, through fbgemm's `quantized.linear_dynamic`, per-tensor scales). LayerNorms, attention, softmax and the
   logits processors stay fp32; reduced-precision GPTs keep their KV cache in bf16 (`kv_dtype`).
 - s2mel, vocoder, conditioning: `torch.autocast(device_type, bfloat16)` around the stage, with the stage's
   Linear/Conv weights stored in bf16 once (`cast_weights_`: the same rounding autocast applies per call):
@@ -208,8 +208,8 @@ class DynamicInt8Linear(nn.Module):
     bias added inside the kernel (CPU only).
 
     1-8 rows (the decode step, one row per beam): the VNNI GEMV of `kernels/gemv_s8.c` when it is available
-    (activations per row, symmetric; every weight byte read once for all rows); more rows (prefill, latent
-    pass) or no kernel: fbgemm's `quantized::linear_dynamic` (activations per tensor). Both copies of the
+    (activations per row, asymmetric uint8; every weight byte read once for all rows); more rows (prefill,
+    latent pass) or no kernel: fbgemm's `quantized::linear_dynamic` (activations per tensor). Both copies of the
     weights are kept (int8: ~0.5 GB each for the full-size GPT). One kernel call per forward."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
@@ -233,7 +233,7 @@ class DynamicInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
-            if self.kernel is not None and x.shape[0] <= GEMV_ROWS and x.device.type == "cpu":
+            if self.kernel is not None and 0 < x.shape[0] <= GEMV_ROWS and x.device.type == "cpu":
                 y = torch.empty(x.shape[0], self.out_features)
                 if self.kernel.itf_gemv_s8(x.data_ptr(), x.shape[0], self.in_features, self.vnni.data_ptr(),
                                            self.wsum.data_ptr(), self.wscale.data_ptr(), self.wbias.data_ptr(),

@@ -1,9 +1,10 @@
 """Hand-written CPU kernels, built on first use with the system C compiler; optional.
 
-`gemv_s8.c`: the int8 decode-step GEMV of the GPT (1-8 rows): activations quantised per row to int8 on the
-fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale and bias applied. It streams
-each weight byte once for all rows, which fbgemm's dynamic linear does not do at 2-4 rows (beam search):
-`python -m indextts_fast.kernels` times both side by side. It runs on torch's OpenMP pool (same libgomp).
+`gemv_s8.c`: the int8 decode-step GEMV of the GPT (1-8 rows): activations quantised per row to uint8 (with
+a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale and bias
+applied. It streams each weight byte once for all rows, which fbgemm's dynamic linear does not do at 2-4
+rows (beam search): `python -m indextts_fast.kernels` times both side by side on GPT-shaped weights. It
+runs on torch's OpenMP pool (same libgomp).
 
 `gemv_s8()` returns the loaded library, or None — and the callers then use fbgemm — when the CPU has no
 AVX-512 VNNI, no C compiler is found ($CC, cc, gcc), the build fails, or $INDEXTTS_FAST_KERNELS=0.

@@ -1,0 +1,56 @@
+"""`python -m indextts_fast.kernels [--layers N] [--dim D] [--threads T]`: the int8 GEMV against fbgemm's
+dynamic linear on the projections of N GPT-2 layers of width D (random weights, larger than the CPU caches
+at the defaults: 24 x 1280, the full-size IndexTTS2 GPT), 1 to 4 rows, in one run: ms per sweep and the
+weight bytes read per second."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def main() -> None:
+    from ..benchmarks.common import read_bandwidth, table
+    from ..precision import DynamicInt8Linear
+    from . import gemv_s8
+
+    p = argparse.ArgumentParser(prog="python -m indextts_fast.kernels")
+    p.add_argument("--layers", type=int, default=24)
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=15)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if gemv_s8() is None:
+        raise SystemExit("the int8 GEMV kernel is not available here (no AVX-512 VNNI, no C compiler, or disabled)")
+    d, gen = args.dim, torch.Generator().manual_seed(0)
+    shapes = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * args.layers
+    layers = [DynamicInt8Linear(torch.randn(o, i, generator=gen) / i ** 0.5, torch.zeros(o)) for o, i in shapes]
+    weight_bytes = sum(o * i for o, i in shapes)
+    rows = []
+    for m in (1, 2, 3, 4):
+        xs = [torch.randn(m, i, generator=gen) for _, i in shapes]
+        kernels = {"VNNI GEMV": lambda: [lin(x) for lin, x in zip(layers, xs)],
+                   "fbgemm": lambda: [torch.ops.quantized.linear_dynamic(x, lin.packed, False)
+                                      for lin, x in zip(layers, xs)]}
+        times = {name: [] for name in kernels}
+        for _ in range(args.repeat):            # interleaved, so that both see the same machine
+            for name, fn in kernels.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        for name, ts in times.items():
+            s = statistics.median(ts[2:])
+            rows.append({"kernel": name, "rows": m, "ms": s * 1e3, "GBps": weight_bytes / s / 1e9})
+    bw = read_bandwidth() / 1e9
+    print(f"{len(shapes)} int8 projections ({weight_bytes / 1e9:.2f} GB), {args.threads} threads, "
+          f"streaming read bandwidth {bw:.1f} GB/s")
+    print(table(rows, [("kernel", "kernel", ""), ("rows", "rows", "d"), ("ms", "ms/sweep", ".2f"),
+                       ("GBps", "weight GB/s", ".1f")]))
+
+
+if __name__ == "__main__":
+    main()
