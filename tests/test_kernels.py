@@ -83,3 +83,53 @@ def test_fbgemm_fallback_serves_every_row_count(monkeypatch):
         x = torch.randn(rows, 64, generator=g)
         assert float((m(x) - F.linear(x, w, b)).norm() / F.linear(x, w, b).norm()) < 3e-2
     assert m.step_bytes() == 96 * 64 + 4 * 96
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3])
+def test_fused_layer_norm_gelu_and_residual(rows):
+    g = torch.Generator().manual_seed(11 + rows)
+    n, k = 136, 96
+    m = DynamicInt8Linear(torch.randn(n, k, generator=g) / 8, torch.randn(n, generator=g))
+    ln = torch.nn.LayerNorm(k)
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.1 * torch.randn(k, generator=g))
+        ln.bias.copy_(0.1 * torch.randn(k, generator=g))
+    x = 3 + 2 * torch.randn(rows, k, generator=g)
+    with torch.inference_mode():
+        plain = m.gemv(x)
+        # + residual: the same fp32 sum as adding afterwards
+        r = torch.randn(rows, n, generator=g)
+        assert torch.equal(m.gemv(x, residual=r), plain + r)
+        # GELU (tanh form) in the epilogue: our exp polynomial against torch's
+        assert float((m.gemv(x, gelu=True) - F.gelu(plain, approximate="tanh")).abs().max()) <= 2e-6 * float(plain.abs().max())
+        # LayerNorm before quantising: as torch's LayerNorm, up to a flipped quantisation level
+        fused, apart = m.gemv(x, ln=ln), m.gemv(ln(x))
+        assert float((fused - apart).norm() / apart.norm()) < 1e-3
+
+
+@needs_kernel
+def test_fused_decode_step_matches_the_block_ops(tiny_dir):
+    from indextts_fast.decoding import KVCache, decode_step, prefill
+    from indextts_fast.models.gpt import load_gpt
+    from indextts_fast.precision import convert_gpt_, fused_int8_step
+
+    model = convert_gpt_(load_gpt(tiny_dir), "int8dyn")
+    assert all(b.fused_step is not None for b in model.gpt.h)
+    g = torch.Generator().manual_seed(2)
+    d = model.cfg.model_dim
+    spk, emo = torch.randn(1, 32, d, generator=g), 0.1 * torch.randn(1, d, generator=g)
+
+    def logits(fused: bool) -> torch.Tensor:
+        for b in model.gpt.h:
+            b.fused_step = fused_int8_step if fused else None
+        with torch.inference_mode():
+            prompt, valid = model.prompt(spk, torch.tensor([5, 77, 310]), emo)
+            cache = KVCache(model, 3, 4)
+            out = [prefill(model, prompt, valid, cache).expand(3, -1)]
+            for step in range(4):
+                out.append(decode_step(model, cache, torch.tensor([3, 9, 27]) + step, position=step + 2))
+        return torch.cat(out)
+
+    fused, apart = logits(True), logits(False)
+    assert float((fused - apart).norm() / apart.norm()) < 1e-3

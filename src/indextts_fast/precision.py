@@ -231,15 +231,33 @@ class DynamicInt8Linear(nn.Module):
             for name, t in pack_vnni(q, scale, bias).items():
                 self.register_buffer(name, t)
 
+    def gemv_ok(self, x: torch.Tensor) -> bool:
+        """Whether x takes the VNNI GEMV: 1-8 contiguous fp32 rows on the CPU, kernel available."""
+        return (self.kernel is not None and x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS
+                and x.dtype == torch.float32 and x.is_contiguous() and x.device.type == "cpu")
+
+    def gemv(self, x: torch.Tensor, ln: Optional[nn.LayerNorm] = None, residual: Optional[torch.Tensor] = None,
+             gelu: bool = False) -> torch.Tensor:
+        """The VNNI GEMV (x must pass `gemv_ok`) with what may be fused around it: a LayerNorm of x before
+        the product, then after bias either GPT-2's tanh GELU or `+ residual` (rows, out_features)."""
+        y = torch.empty(x.shape[0], self.out_features)
+        if residual is not None:
+            residual = residual.contiguous()
+            if residual.shape != y.shape or residual.dtype != torch.float32:
+                raise OptionError(f"residual must be fp32 {tuple(y.shape)}, got {residual.dtype} {tuple(residual.shape)}")
+        if self.kernel.itf_gemv_s8(x.data_ptr(), x.shape[0], self.in_features,
+                                   ln.weight.data_ptr() if ln is not None else None,
+                                   ln.bias.data_ptr() if ln is not None else None, ln.eps if ln is not None else 0.0,
+                                   self.vnni.data_ptr(), self.wsum.data_ptr(), self.wscale.data_ptr(),
+                                   self.wbias.data_ptr(), self.out_features,
+                                   residual.data_ptr() if residual is not None else None, int(gelu), y.data_ptr()):
+            raise MemoryError("int8 GEMV kernel: no scratch memory")
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemv_ok(x):
+            return self.gemv(x)
         if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
-            if self.kernel is not None and 0 < x.shape[0] <= GEMV_ROWS and x.device.type == "cpu":
-                y = torch.empty(x.shape[0], self.out_features)
-                if self.kernel.itf_gemv_s8(x.data_ptr(), x.shape[0], self.in_features, self.vnni.data_ptr(),
-                                           self.wsum.data_ptr(), self.wscale.data_ptr(), self.wbias.data_ptr(),
-                                           self.out_features, y.data_ptr()):
-                    raise MemoryError("int8 GEMV kernel: no scratch memory")
-                return y
             return torch.ops.quantized.linear_dynamic(x, self.packed, False)
         return self.forward(_2d(x).float().contiguous()).to(x.dtype).reshape(*x.shape[:-1], -1)
 
@@ -248,6 +266,19 @@ class DynamicInt8Linear(nn.Module):
         if self.kernel is not None:
             return sum(t.numel() * t.element_size() for t in self.buffers())
         return self.out_features * self.in_features + 4 * self.out_features
+
+
+def fused_int8_step(block: nn.Module, x: torch.Tensor, attend, layer: int) -> Optional[torch.Tensor]:
+    """A GPT-2 block's decode step for rows x (S, D) as four kernel calls around the attention:
+    LayerNorm+c_attn, c_proj+residual, LayerNorm+c_fc+GELU, c_proj+residual (kernels/gemv_s8.c), instead of
+    ~12 separate ops; None when x or the block's linears do not qualify (then the block runs as usual)."""
+    attn, mlp = block.attn, block.mlp
+    if not (isinstance(attn.c_attn, DynamicInt8Linear) and attn.c_attn.gemv_ok(x)
+            and all(isinstance(m, DynamicInt8Linear) and m.kernel is not None
+                    for m in (attn.c_proj, mlp.c_fc, mlp.c_proj))):
+        return None
+    x = attn.c_proj.gemv(attend(layer, attn.c_attn.gemv(x, ln=block.ln_1)).contiguous(), residual=x)
+    return mlp.c_proj.gemv(mlp.c_fc.gemv(x, ln=block.ln_2, gelu=True), residual=x)
 
 
 LINEARS = {"bf16": BF16Linear, "int8": Int8Linear, "int8dyn": DynamicInt8Linear}
@@ -281,6 +312,9 @@ def convert_gpt_(model: nn.Module, mode: str) -> nn.Module:
     model.mel_head = cls(*_out_in_weight(model.mel_head))
     model.precision = mode
     model.kv_dtype = torch.bfloat16  # decoding.KVCache stores keys/values in bf16 for reduced-precision GPTs
+    if mode == "int8dyn":
+        for block in model.gpt.h:
+            block.fused_step = fused_int8_step  # GPT2Block.forward tries it first (decode rows only)
     return model
 
 

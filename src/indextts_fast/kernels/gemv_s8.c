@@ -28,6 +28,52 @@ static void quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, flo
     }
 }
 
+/* Optional LayerNorm of each row (population variance, as torch), into out (M, K). */
+static void layer_norm_rows(const float *x, int M, int K, const float *w, const float *b, float eps, float *out) {
+    for (int m = 0; m < M; m++) {
+        const float *r = x + (size_t)m * K;
+        double sum = 0.0, sq = 0.0;
+        for (int k = 0; k < K; k++) sum += r[k];
+        double mean = sum / K;
+        for (int k = 0; k < K; k++) { double d = r[k] - mean; sq += d * d; }
+        float inv = (float)(1.0 / sqrt(sq / K + eps)), mu = (float)mean;
+        float *o = out + (size_t)m * K;
+        for (int k = 0; k < K; k++) o[k] = (r[k] - mu) * inv * w[k] + b[k];
+    }
+}
+
+/* e^z for z <= 0 (z >= -87 after clamping): 2^n · e^(f·ln2), f in [-1/2, 1/2], degree-7 Taylor. */
+static inline __m512 exp_neg(__m512 z) {
+    z = _mm512_max_ps(z, _mm512_set1_ps(-87.f));
+    __m512 t = _mm512_mul_ps(z, _mm512_set1_ps(1.44269504088896341f));
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 y = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.69314718055994531f));
+    __m512 p = _mm512_set1_ps(1.f / 5040.f);
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f / 720.f));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f / 120.f));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f / 24.f));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f / 6.f));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* GPT-2's "gelu_new": v/2 · (1 + tanh(sqrt(2/pi) · (v + 0.044715 v^3))), tanh from e^(-2|u|). */
+static inline __m512 gelu_tanh(__m512 v) {
+    __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                             _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), _mm512_mul_ps(v, v), v));
+    __m512 a = _mm512_abs_ps(u);
+    __m512 e = exp_neg(_mm512_mul_ps(a, _mm512_set1_ps(-2.f)));
+    __m512 th = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.f), e), _mm512_add_ps(_mm512_set1_ps(1.f), e));
+    th = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(th),
+                             _mm512_and_si512(_mm512_castps_si512(u), _mm512_set1_epi32((int)0x80000000))));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.f), th));
+}
+
+/* What is done to each output after the product: bias, then GELU or + residual (M, N). */
+typedef struct { const float *bias, *residual; int gelu; } epilogue_t;
+
 /* One row's 4 accumulators (64 outputs), as named variables so that they stay in registers. */
 #define ACC_DECL(r) __m512i a##r##0 = _mm512_setzero_si512(), a##r##1 = _mm512_setzero_si512(), \
                             a##r##2 = _mm512_setzero_si512(), a##r##3 = _mm512_setzero_si512();
@@ -40,19 +86,22 @@ static void quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, flo
         a##r##3 = _mm512_dpbusd_epi32(a##r##3, xb, w3);                                               \
     }
 #define ACC_STORE(r)                                                                                  \
-    store16(a##r##0, g * 64, m0 + r, N, wsum, ws, bias, sx, zp, y);                                      \
-    store16(a##r##1, g * 64 + 16, m0 + r, N, wsum, ws, bias, sx, zp, y);                                 \
-    store16(a##r##2, g * 64 + 32, m0 + r, N, wsum, ws, bias, sx, zp, y);                                 \
-    store16(a##r##3, g * 64 + 48, m0 + r, N, wsum, ws, bias, sx, zp, y);
+    store16(a##r##0, g * 64, m0 + r, N, wsum, ws, ep, sx, zp, y);                                      \
+    store16(a##r##1, g * 64 + 16, m0 + r, N, wsum, ws, ep, sx, zp, y);                                 \
+    store16(a##r##2, g * 64 + 32, m0 + r, N, wsum, ws, ep, sx, zp, y);                                 \
+    store16(a##r##3, g * 64 + 48, m0 + r, N, wsum, ws, ep, sx, zp, y);
 
-/* (acc - zp[m]·Σw) · sx[m] · ws[n] + b[n] for outputs n0..n0+15 of row m (masked at the tail). */
+/* (acc - zp[m]·Σw) · sx[m] · ws[n] + b[n], then the epilogue, for outputs n0..n0+15 of row m (masked at the
+   tail). */
 static inline void store16(__m512i acc, int n0, int m, int N, const int32_t *wsum, const float *ws,
-                           const float *bias, const float *sx, const int32_t *zp, float *y) {
+                           const epilogue_t *ep, const float *sx, const int32_t *zp, float *y) {
     if (n0 >= N) return;
     __m512i c = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_loadu_si512(wsum + n0), _mm512_set1_epi32(zp[m])));
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(_mm512_set1_ps(sx[m]), _mm512_loadu_ps(ws + n0)));
-    if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + n0));
+    if (ep->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(ep->bias + n0));
     __mmask16 mask = N - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+    if (ep->gelu) v = gelu_tanh(v);
+    if (ep->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, ep->residual + (size_t)m * N + n0));
     _mm512_mask_storeu_ps(y + (size_t)m * N + n0, mask, v);
 }
 
@@ -75,15 +124,21 @@ static inline void store16(__m512i acc, int n0, int m, int N, const int32_t *wsu
         }                                                                                             \
     }
 
-/* ws, wsum, bias: padded to G*64 entries. Returns 0, or -1 when scratch memory is not available. */
-int itf_gemv_s8(const float *x, int M, int K, const int8_t *wp, const int32_t *wsum, const float *ws,
-                const float *bias, int N, float *y) {
+/* y (M, N) = epilogue(LN?(x) (M, K) · Wᵀ): ln_w/ln_b (K) or NULL for no LayerNorm; ws, wsum, bias padded
+   to G*64 entries; residual (M, N) or NULL; gelu 0/1. Returns 0, or -1 when scratch memory is not
+   available. */
+int itf_gemv_s8(const float *x, int M, int K, const float *ln_w, const float *ln_b, float ln_eps,
+                const int8_t *wp, const int32_t *wsum, const float *ws, const float *bias, int N,
+                const float *residual, int gelu, float *y) {
     int K4 = (K + 3) / 4, Kp = 4 * K4, G = (N + 63) / 64;
+    epilogue_t epv = {bias, residual, gelu}, *ep = &epv;
     uint8_t *xq = (uint8_t *)aligned_alloc(64, ((size_t)M * Kp + 63) / 64 * 64);
     float *sx = (float *)malloc(sizeof(float) * (size_t)M);
     int32_t *zp = (int32_t *)malloc(sizeof(int32_t) * (size_t)M);
-    if (!xq || !sx || !zp) { free(xq); free(sx); free(zp); return -1; }
-    quantize_rows(x, M, K, Kp, xq, sx, zp);
+    float *xn = ln_w ? (float *)malloc(sizeof(float) * (size_t)M * K) : NULL;
+    if (!xq || !sx || !zp || (ln_w && !xn)) { free(xq); free(sx); free(zp); free(xn); return -1; }
+    if (ln_w) layer_norm_rows(x, M, K, ln_w, ln_b, ln_eps, xn);
+    quantize_rows(ln_w ? xn : x, M, K, Kp, xq, sx, zp);
     #pragma omp parallel for schedule(static)
     for (int g = 0; g < G; g++) {
         int m0 = 0;
@@ -106,6 +161,6 @@ int itf_gemv_s8(const float *x, int M, int K, const int8_t *wp, const int32_t *w
             ACC_STORE(0)
         }
     }
-    free(xq); free(sx); free(zp);
+    free(xq); free(sx); free(zp); free(xn);
     return 0;
 }
