@@ -231,7 +231,10 @@ class KVCache:
             return
         mask = torch.zeros(s, self.prefix + (t + 1) * s, dtype=torch.bool, device=self.device)
         mask[:, :self.prefix] = True if self.prefix_valid is None else self.prefix_valid
-        self.mask = mask.scatter_(1, self.prefix + self.slots[:, :t + 1], True)
+        mask.scatter_(1, self.prefix + self.slots[:, :t + 1], True)
+        # additive form (0 / -inf) in the cache dtype, made once per step: what SDPA would otherwise derive
+        # from the boolean mask in every one of the layers
+        self.mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(~mask, -math.inf)
 
 
 def prefill(model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, cache: KVCache) -> torch.Tensor:
