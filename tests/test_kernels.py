@@ -1,4 +1,4 @@
-"""The VNNI int8 GEMV (kernels/gemv_s8.c) against an exact integer reference of the same quantisation."""
+"""The VNNI int8 GEMV (kernels/decode.c) against an exact integer reference of the same quantisation."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from indextts_fast import kernels
 from indextts_fast.precision import GEMV_ROWS, DynamicInt8Linear, pack_vnni, quantize_int8
 
-needs_kernel = pytest.mark.skipif(kernels.gemv_s8() is None,
+needs_kernel = pytest.mark.skipif(kernels.decode_kernels() is None,
                                   reason="no AVX-512 VNNI CPU or no C compiler: the fbgemm path is used instead")
 
 
@@ -65,16 +65,16 @@ def test_kernel_zero_rows_and_fbgemm_path_agree():
 
 
 def test_disabled_by_environment(monkeypatch):
-    kernels.gemv_s8.cache_clear()
+    kernels.decode_kernels.cache_clear()
     monkeypatch.setenv("INDEXTTS_FAST_KERNELS", "0")
     try:
-        assert kernels.gemv_s8() is None
+        assert kernels.decode_kernels() is None
     finally:
-        kernels.gemv_s8.cache_clear()
+        kernels.decode_kernels.cache_clear()
 
 
 def test_fbgemm_fallback_serves_every_row_count(monkeypatch):
-    monkeypatch.setattr(kernels, "gemv_s8", lambda: None)      # no compiler / no VNNI
+    monkeypatch.setattr(kernels, "decode_kernels", lambda: None)      # no compiler / no VNNI
     g = torch.Generator().manual_seed(5)
     w, b = torch.randn(96, 64, generator=g) / 8, torch.randn(96, generator=g)
     m = DynamicInt8Linear(w, b)
@@ -133,3 +133,27 @@ def test_fused_decode_step_matches_the_block_ops(tiny_dir):
 
     fused, apart = logits(True), logits(False)
     assert float((fused - apart).norm() / apart.norm()) < 1e-3
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows,heads,d", [(1, 4, 16), (3, 20, 64)])
+def test_decode_attention_matches_sdpa(rows, heads, d):
+    g = torch.Generator().manual_seed(rows * 7 + d)
+    cap, n = 50, 37
+    K = torch.randn(heads, cap, d, generator=g).bfloat16()
+    V = torch.randn(heads, cap, d, generator=g).bfloat16()
+    qkv = torch.randn(rows, 3 * heads * d, generator=g)
+    allowed = torch.rand(rows, n, generator=g) > 0.4
+    allowed[:, -1] = True
+    mask = torch.zeros(rows, n).masked_fill_(~allowed, float("-inf")) if rows > 1 else None
+    out = torch.empty(rows, heads * d)
+    lib = kernels.decode_kernels()
+    assert lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], K.data_ptr(), V.data_ptr(), K.stride(0), n,
+                               None if mask is None else mask.data_ptr(), rows, heads, d, d ** -0.5,
+                               out.data_ptr()) == 0
+    q = qkv[:, :heads * d].view(rows, heads, d).transpose(0, 1)[None]          # (1, H, S, d)
+    want = F.scaled_dot_product_attention(q, K[None, :, :n].float(), V[None, :, :n].float(),
+                                          attn_mask=None if mask is None else mask)[0].transpose(0, 1)
+    assert float((out - want.reshape(rows, -1)).abs().max()) < 1e-5 * float(want.abs().max()) + 1e-6
+    assert lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], K.data_ptr(), V.data_ptr(), K.stride(0), n,
+                               None, rows, heads, 12, 1.0, out.data_ptr()) == -2     # head width not / 16

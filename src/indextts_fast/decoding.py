@@ -172,6 +172,7 @@ class KVCache:
         # Keys/values are stored in the residual stream's dtype, or in the one a reduced-precision GPT asks
         # for (precision.convert_gpt_ sets bf16: half the bytes a decode step reads besides the weights).
         self.rows, self.dtype, self.device = rows, getattr(model, "kv_dtype", p.dtype), p.device
+        self.kernel = _attention_kernel(self)   # the C attention for a bf16 cache on the CPU, else None (SDPA)
         self.steps_wanted = max(1, capacity)
         self.prefix = 0                        # P + 1 once prefilled
         self.prefix_valid: Optional[torch.Tensor] = None      # (P+1,) bool, None when nothing is padded
@@ -216,6 +217,14 @@ class KVCache:
         self.k[layer, :, lo:lo + s] = k.transpose(0, 1)
         self.v[layer, :, lo:lo + s] = v.transpose(0, 1)
         end = lo + s
+        if self.kernel is not None and qkv.is_contiguous() and qkv.dtype == torch.float32:
+            out = torch.empty(s, self.heads * self.head_dim)
+            kl, vl = self.k[layer], self.v[layer]
+            if self.kernel.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], kl.data_ptr(), vl.data_ptr(), kl.stride(0),
+                                           end, None if self.mask is None else self.mask.data_ptr(), s,
+                                           self.heads, self.head_dim, self.head_dim ** -0.5, out.data_ptr()):
+                raise MemoryError("decode attention kernel: no scratch memory")
+            return out
         out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0).to(self.dtype),
                                              self.k[layer, None, :, :end], self.v[layer, None, :, :end],
                                              attn_mask=self.mask)                   # (1, H, S, d)
@@ -234,7 +243,17 @@ class KVCache:
         mask.scatter_(1, self.prefix + self.slots[:, :t + 1], True)
         # additive form (0 / -inf) in the cache dtype, made once per step: what SDPA would otherwise derive
         # from the boolean mask in every one of the layers
-        self.mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(~mask, -math.inf)
+        dtype = torch.float32 if self.kernel is not None else self.dtype   # the C attention takes an fp32 mask
+        self.mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(~mask, -math.inf)
+
+
+def _attention_kernel(cache: KVCache):
+    """kernels/decode.c's attention when the cache is bf16 on the CPU and the head width suits it."""
+    if cache.dtype != torch.bfloat16 or cache.device.type != "cpu" or cache.head_dim % 16 or cache.head_dim > 256:
+        return None
+    from .kernels import decode_kernels
+
+    return decode_kernels()
 
 
 def prefill(model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, cache: KVCache) -> torch.Tensor:

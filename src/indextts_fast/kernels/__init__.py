@@ -1,14 +1,18 @@
-"""Hand-written CPU kernels, built on first use with the system C compiler; optional.
+"""Hand-written CPU kernels of the GPT decode step, built on first use with the system C compiler; optional.
 
-`gemv_s8.c`: the int8 decode-step GEMV of the GPT (1-8 rows): activations quantised per row to uint8 (with
-a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale and bias
-applied. It streams each weight byte once for all rows, which fbgemm's dynamic linear does not do at 2-4
-rows (beam search): `python -m indextts_fast.kernels` times both side by side on GPT-shaped weights. It
-runs on torch's OpenMP pool (same libgomp).
+`decode.c`:
+- `itf_gemv_s8`: the int8 GEMV of the decode step (1-8 rows): activations quantised per row to uint8 (with
+  a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale and bias
+  applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each weight
+  byte once for all rows, which fbgemm's dynamic linear does not do at 2-4 rows (beam search):
+  `python -m indextts_fast.kernels` times both side by side on GPT-shaped weights.
+- `itf_attend_bf16`: one decode step's attention over a bf16 KV cache (S query rows, additive mask),
+  every cached key and value read once for all rows, skipping masked-out positions.
+Both run on torch's OpenMP pool (same libgomp).
 
-`gemv_s8()` returns the loaded library, or None — and the callers then use fbgemm — when the CPU has no
-AVX-512 VNNI, no C compiler is found ($CC, cc, gcc), the build fails, or $INDEXTTS_FAST_KERNELS=0.
-The shared object is cached under the data folder, keyed by the source's hash.
+`decode_kernels()` returns the loaded library, or None — and the callers then use torch's / fbgemm's
+kernels — when the CPU has no AVX-512 VNNI, no C compiler is found ($CC, cc, gcc), the build fails, or
+$INDEXTTS_FAST_KERNELS=0. The shared object is cached under the data folder, keyed by the source's hash.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
+SOURCE = "decode.c"
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
 
@@ -50,7 +55,7 @@ def _build(source: bytes, target: Path) -> None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "gemv_s8.c"
+        src = Path(tmp) / SOURCE
         src.write_bytes(source)
         out = Path(tmp) / target.name
         proc = subprocess.run([cc, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
@@ -60,17 +65,17 @@ def _build(source: bytes, target: Path) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def gemv_s8() -> Optional[ctypes.CDLL]:
-    """The VNNI int8 GEMV library, built and loaded once per process; None when unavailable (see module doc)."""
+def decode_kernels() -> Optional[ctypes.CDLL]:
+    """The decode-step kernel library, built and loaded once per process; None when unavailable (see module doc)."""
     import torch  # noqa: F401  (torch's libgomp must be loaded first so the kernel shares its thread pool)
 
     from ..speakers import default_store_dir
 
     if os.environ.get("INDEXTTS_FAST_KERNELS", "1") == "0" or not cpu_supports():
         return None
-    source = resources.files(__package__).joinpath("gemv_s8.c").read_bytes()
+    source = resources.files(__package__).joinpath(SOURCE).read_bytes()
     digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = default_store_dir() / "kernels" / f"gemv_s8-{digest}.so"
+    target = default_store_dir() / "kernels" / f"decode-{digest}.so"
     try:
         if not target.exists():
             _build(source, target)
@@ -78,11 +83,15 @@ def gemv_s8() -> Optional[ctypes.CDLL]:
     except (OSError, RuntimeError) as e:
         import warnings
 
-        warnings.warn(f"int8 GEMV kernel unavailable, using fbgemm instead: {e}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"decode-step kernels unavailable, using torch's and fbgemm's instead: {e}", RuntimeWarning, stacklevel=2)
         return None
     fn = lib.itf_gemv_s8
     fn.restype = ctypes.c_int
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     # x, M, K, ln_w, ln_b, ln_eps, packed W, Σw, w scales, bias, N, residual, gelu, y
     fn.argtypes = [ptr, i32, i32, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, i32, ptr, i32, ptr]
+    att = lib.itf_attend_bf16
+    att.restype = ctypes.c_int
+    # q, q row stride, K, V, head stride, keys, mask, S, H, d, scale, out
+    att.argtypes = [ptr, ctypes.c_long, ptr, ptr, ctypes.c_long, i32, ptr, i32, i32, i32, ctypes.c_float, ptr]
     return lib

@@ -164,3 +164,63 @@ int itf_gemv_s8(const float *x, int M, int K, const float *ln_w, const float *ln
     free(xq); free(sx); free(zp); free(xn);
     return 0;
 }
+
+/* ---- attention of one decode step over a bf16 KV cache ---------------------------------------------- */
+
+static inline __m512 load_bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+/* out (S, H·d) fp32 = softmax(scale · q·Kᵀ + mask) · V for each row and head.
+   q (S, H, d) fp32, rows q_stride floats apart; K, V: the layer's (H, cap, d) bf16 cache (head stride cap·d), first n keys used;
+   mask (S, n) additive fp32 (0 / -inf) or NULL. d a multiple of 16 (<= 256), S <= 64. Heads run in
+   parallel; each key is read once for all rows (the values of a head, a few tens of KB, are re-read from
+   cache per row); masked-out positions are skipped. Returns 0, -1 when scratch memory is not available,
+   -2 for an unsupported shape. */
+int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride, int n,
+                    const float *mask, int S, int H, int d, float scale, float *out) {
+    if (d % 16 || d > 256 || S > 64) return -2;
+    float *scores = (float *)malloc(sizeof(float) * (size_t)H * S * n);
+    if (!scores) return -1;
+    int nv = d / 16;
+    #pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; h++) {
+        const uint16_t *Kh = K + (size_t)h * head_stride, *Vh = V + (size_t)h * head_stride;
+        float *sc = scores + (size_t)h * S * n;
+        for (int j = 0; j < n; j++) {
+            __m512 k[16];
+            for (int c = 0; c < nv; c++) k[c] = load_bf16x16(Kh + (size_t)j * d + 16 * c);
+            for (int r = 0; r < S; r++) {
+                float m = mask ? mask[(size_t)r * n + j] : 0.f;
+                if (m == -INFINITY) { sc[(size_t)r * n + j] = -INFINITY; continue; }
+                const float *qr = q + (size_t)r * q_stride + (size_t)h * d;
+                __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qr), k[0]);
+                for (int c = 1; c < nv; c++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qr + 16 * c), k[c], acc);
+                sc[(size_t)r * n + j] = hsum(acc) * scale + m;
+            }
+        }
+        for (int r = 0; r < S; r++) {           /* softmax in place */
+            float *s = sc + (size_t)r * n, mx = -INFINITY, sum = 0.f;
+            for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+            for (int j = 0; j < n; j++) { s[j] = s[j] == -INFINITY ? 0.f : expf(s[j] - mx); sum += s[j]; }
+            float inv = 1.f / sum;
+            for (int j = 0; j < n; j++) s[j] *= inv;
+        }
+        for (int r = 0; r < S; r++) {
+            __m512 acc[16];
+            for (int c = 0; c < nv; c++) acc[c] = _mm512_setzero_ps();
+            const float *p = sc + (size_t)r * n;
+            for (int j = 0; j < n; j++) {
+                if (p[j] == 0.f) continue;
+                __m512 pj = _mm512_set1_ps(p[j]);
+                for (int c = 0; c < nv; c++) acc[c] = _mm512_fmadd_ps(pj, load_bf16x16(Vh + (size_t)j * d + 16 * c), acc[c]);
+            }
+            float *orow = out + ((size_t)r * H + h) * d;
+            for (int c = 0; c < nv; c++) _mm512_storeu_ps(orow + 16 * c, acc[c]);
+        }
+    }
+    free(scores);
+    return 0;
+}
