@@ -1,4 +1,4 @@
-"""The VNNI int8 GEMV (kernels/decode.c) against an exact integer reference of the same quantisation."""
+"""The VNNI int8 GEMV (kernels/native.c) against an exact integer reference of the same quantisation."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from indextts_fast import kernels
 from indextts_fast.precision import GEMV_ROWS, DynamicInt8Linear, pack_vnni, quantize_int8
 
-needs_kernel = pytest.mark.skipif(kernels.decode_kernels() is None,
+needs_kernel = pytest.mark.skipif(kernels.load() is None,
                                   reason="no AVX-512 VNNI CPU or no C compiler: the fbgemm path is used instead")
 
 
@@ -65,16 +65,16 @@ def test_kernel_zero_rows_and_fbgemm_path_agree():
 
 
 def test_disabled_by_environment(monkeypatch):
-    kernels.decode_kernels.cache_clear()
+    kernels.load.cache_clear()
     monkeypatch.setenv("INDEXTTS_FAST_KERNELS", "0")
     try:
-        assert kernels.decode_kernels() is None
+        assert kernels.load() is None
     finally:
-        kernels.decode_kernels.cache_clear()
+        kernels.load.cache_clear()
 
 
 def test_fbgemm_fallback_serves_every_row_count(monkeypatch):
-    monkeypatch.setattr(kernels, "decode_kernels", lambda: None)      # no compiler / no VNNI
+    monkeypatch.setattr(kernels, "load", lambda: None)      # no compiler / no VNNI
     g = torch.Generator().manual_seed(5)
     w, b = torch.randn(96, 64, generator=g) / 8, torch.randn(96, generator=g)
     m = DynamicInt8Linear(w, b)
@@ -147,7 +147,7 @@ def test_decode_attention_matches_sdpa(rows, heads, d):
     allowed[:, -1] = True
     mask = torch.zeros(rows, n).masked_fill_(~allowed, float("-inf")) if rows > 1 else None
     out = torch.empty(rows, heads * d)
-    lib = kernels.decode_kernels()
+    lib = kernels.load()
     assert lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], K.data_ptr(), V.data_ptr(), K.stride(0), n,
                                None if mask is None else mask.data_ptr(), rows, heads, d, d ** -0.5,
                                out.data_ptr()) == 0
@@ -157,3 +157,35 @@ def test_decode_attention_matches_sdpa(rows, heads, d):
     assert float((out - want.reshape(rows, -1)).abs().max()) < 1e-5 * float(want.abs().max()) + 1e-6
     assert lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], K.data_ptr(), V.data_ptr(), K.stride(0), n,
                                None, rows, heads, 12, 1.0, out.data_ptr()) == -2     # head width not / 16
+
+
+def _ulps_bf16(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest difference in units of bf16 precision (2⁻⁸ relative) of the reference's magnitude."""
+    return float(((got.float() - want.float()).abs() / (want.float().abs() * 2.0 ** -8 + 1e-6)).max())
+
+
+@needs_kernel
+def test_dit_elementwise_kernels_match_float32_then_one_rounding():
+    from indextts_fast.models.dit import apply_rope, rope_table
+
+    lib, g = kernels.load(), torch.Generator().manual_seed(4)
+    a, b = (torch.randn(2, 37, 96, generator=g) * 4).bfloat16(), torch.randn(2, 37, 96, generator=g).bfloat16()
+    out = torch.empty_like(a)
+    lib.itf_silu_mul_bf16(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel())
+    assert _ulps_bf16(out, F.silu(a.float()) * b.float()) <= 1.0
+
+    B, T, H, d = 2, 29, 3, 32
+    qkv = torch.randn(B, T, 3 * H, d, generator=g).bfloat16()
+    table = rope_table(64, d)[:T]
+    qk = torch.empty(B, 2 * H, T, d, dtype=torch.bfloat16)
+    lib.itf_rope_bf16(qkv.data_ptr(), qkv.stride(0), qkv.stride(1), qkv.stride(2), B, T, 2 * H, d,
+                      table.data_ptr(), qk.data_ptr())
+    want = apply_rope(qkv[:, :, :2 * H].transpose(1, 2).float(), table)
+    assert _ulps_bf16(qk, want) <= 1.0
+
+    x = torch.randn(2, T, 64, generator=g).bfloat16()
+    scale, shift = torch.randn(2, 1, 64, generator=g).bfloat16(), torch.randn(2, 1, 64, generator=g).bfloat16()
+    y = torch.empty_like(x)
+    lib.itf_adaln_rms_bf16(x.data_ptr(), scale.data_ptr(), shift.data_ptr(), 64, 1e-5, 2, T, 64, y.data_ptr())
+    want = shift.float() + scale.float() * F.rms_norm(x.float(), (64,), eps=1e-5)
+    assert float((y.float() - want).abs().max()) <= 2.0 ** -8 * float(want.abs().max())

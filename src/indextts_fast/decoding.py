@@ -248,12 +248,12 @@ class KVCache:
 
 
 def _attention_kernel(cache: KVCache):
-    """kernels/decode.c's attention when the cache is bf16 on the CPU and the head width suits it."""
+    """kernels/native.c's attention when the cache is bf16 on the CPU and the head width suits it."""
     if cache.dtype != torch.bfloat16 or cache.device.type != "cpu" or cache.head_dim % 16 or cache.head_dim > 256:
         return None
-    from .kernels import decode_kernels
+    from .kernels import load
 
-    return decode_kernels()
+    return load()
 
 
 def prefill(model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, cache: KVCache) -> torch.Tensor:

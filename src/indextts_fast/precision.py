@@ -17,7 +17,7 @@ How each is done:
   int8 weights; 1-8 rows: `torch._weight_int8pack_mm` with bf16 activations, the weight read once as
   int8; more rows (prefill, latent pass): dequantised to bf16 and one bf16 GEMM (AMX)), `DynamicInt8Linear`
   (int8 x int8 -> int32 with activations quantised on the fly: 1-8 rows through our AVX-512 VNNI GEMV,
-  `kernels/decode.c`, per-row scales and zero points, every weight byte read once for all beams; more
+  `kernels/native.c`, per-row scales and zero points, every weight byte read once for all beams; more
   rows, or no kernel, through fbgemm's `quantized.linear_dynamic`, per-tensor scales). LayerNorms, attention, softmax and the
   logits processors stay fp32; reduced-precision GPTs keep their KV cache in bf16 (`kv_dtype`).
 - s2mel, vocoder, conditioning: `torch.autocast(device_type, bfloat16)` around the stage, with the stage's
@@ -186,7 +186,7 @@ class Int8Linear(nn.Module):
 
 
 def pack_vnni(q: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """int8 (N, K) weights -> the layout of kernels/decode.c: groups of 64 outputs, per group K/4 steps of
+    """int8 (N, K) weights -> the layout of kernels/native.c: groups of 64 outputs, per group K/4 steps of
     4 blocks x 16 outputs x 4 consecutive k (one 64-byte VNNI operand per block); per-output Σw, scale and
     bias padded to whole groups."""
     n, k = q.shape
@@ -207,7 +207,7 @@ class DynamicInt8Linear(nn.Module):
     """int8 weights (per output channel) x int8 activations quantised on the fly, fp32 result with the fp32
     bias added inside the kernel (CPU only).
 
-    1-8 rows (the decode step, one row per beam): the VNNI GEMV of `kernels/decode.c` when it is available
+    1-8 rows (the decode step, one row per beam): the VNNI GEMV of `kernels/native.c` when it is available
     (activations per row, asymmetric uint8; every weight byte read once for all rows); more rows (prefill,
     latent pass) or no kernel: fbgemm's `quantized::linear_dynamic` (activations per tensor). Both copies of the
     weights are kept (int8: ~0.5 GB each for the full-size GPT). One kernel call per forward."""
@@ -226,7 +226,7 @@ class DynamicInt8Linear(nn.Module):
             self.packed = torch.ops.quantized.linear_prepack(
                 qw, None if bias is None else bias.detach().float().contiguous())
         self.out_features, self.in_features = q.shape
-        self.kernel = kernels.decode_kernels()
+        self.kernel = kernels.load()
         if self.kernel is not None:
             for name, t in pack_vnni(q, scale, bias).items():
                 self.register_buffer(name, t)
@@ -270,7 +270,7 @@ class DynamicInt8Linear(nn.Module):
 
 def fused_int8_step(block: nn.Module, x: torch.Tensor, attend, layer: int) -> Optional[torch.Tensor]:
     """A GPT-2 block's decode step for rows x (S, D) as four kernel calls around the attention:
-    LayerNorm+c_attn, c_proj+residual, LayerNorm+c_fc+GELU, c_proj+residual (kernels/decode.c), instead of
+    LayerNorm+c_attn, c_proj+residual, LayerNorm+c_fc+GELU, c_proj+residual (kernels/native.c), instead of
     ~12 separate ops; None when x or the block's linears do not qualify (then the block runs as usual)."""
     attn, mlp = block.attn, block.mlp
     if not (isinstance(attn.c_attn, DynamicInt8Linear) and attn.c_attn.gemv_ok(x)

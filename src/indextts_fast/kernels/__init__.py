@@ -1,17 +1,19 @@
-"""Hand-written CPU kernels of the GPT decode step, built on first use with the system C compiler; optional.
+"""Hand-written CPU kernels (AVX-512), built on first use with the system C compiler; optional.
 
-`decode.c`:
-- `itf_gemv_s8`: the int8 GEMV of the decode step (1-8 rows): activations quantised per row to uint8 (with
-  a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale and bias
-  applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each weight
-  byte once for all rows, which fbgemm's dynamic linear does not do at 2-4 rows (beam search):
+`native.c`:
+- `itf_gemv_s8`: the int8 GEMV of the GPT decode step (1-8 rows): activations quantised per row to uint8
+  (with a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale
+  and bias applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each
+  weight byte once for all rows, which fbgemm's dynamic linear does not do at 2-4 rows (beam search):
   `python -m indextts_fast.kernels` times both side by side on GPT-shaped weights.
 - `itf_attend_bf16`: one decode step's attention over a bf16 KV cache (S query rows, additive mask),
-  every cached key and value read once for all rows, skipping masked-out positions.
-Both run on torch's OpenMP pool (same libgomp).
+  every cached key read once for all rows, masked-out positions skipped.
+- `itf_adaln_rms_bf16`, `itf_rope_bf16`, `itf_silu_mul_bf16`: the elementwise chains of a bf16 DiT step
+  (AdaLN-RMS norm + modulation, rotary embedding from the strided q|k, SwiGLU gate), one pass each.
+All run on torch's OpenMP pool (same libgomp). None is used by the fp32 (parity) path.
 
-`decode_kernels()` returns the loaded library, or None — and the callers then use torch's / fbgemm's
-kernels — when the CPU has no AVX-512 VNNI, no C compiler is found ($CC, cc, gcc), the build fails, or
+`load()` returns the loaded library, or None — and the callers then use torch's / fbgemm's kernels — when
+the CPU has no AVX-512 VNNI, no C compiler is found ($CC, cc, gcc), the build fails, or
 $INDEXTTS_FAST_KERNELS=0. The shared object is cached under the data folder, keyed by the source's hash.
 """
 
@@ -28,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-SOURCE = "decode.c"
+SOURCE = "native.c"
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
 
@@ -65,8 +67,8 @@ def _build(source: bytes, target: Path) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def decode_kernels() -> Optional[ctypes.CDLL]:
-    """The decode-step kernel library, built and loaded once per process; None when unavailable (see module doc)."""
+def load() -> Optional[ctypes.CDLL]:
+    """The kernel library, built and loaded once per process; None when unavailable (see module doc)."""
     import torch  # noqa: F401  (torch's libgomp must be loaded first so the kernel shares its thread pool)
 
     from ..speakers import default_store_dir
@@ -75,7 +77,7 @@ def decode_kernels() -> Optional[ctypes.CDLL]:
         return None
     source = resources.files(__package__).joinpath(SOURCE).read_bytes()
     digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = default_store_dir() / "kernels" / f"decode-{digest}.so"
+    target = default_store_dir() / "kernels" / f"native-{digest}.so"
     try:
         if not target.exists():
             _build(source, target)
@@ -83,7 +85,7 @@ def decode_kernels() -> Optional[ctypes.CDLL]:
     except (OSError, RuntimeError) as e:
         import warnings
 
-        warnings.warn(f"decode-step kernels unavailable, using torch's and fbgemm's instead: {e}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"native kernels unavailable, using torch's and fbgemm's instead: {e}", RuntimeWarning, stacklevel=2)
         return None
     fn = lib.itf_gemv_s8
     fn.restype = ctypes.c_int
@@ -94,4 +96,11 @@ def decode_kernels() -> Optional[ctypes.CDLL]:
     att.restype = ctypes.c_int
     # q, q row stride, K, V, head stride, keys, mask, S, H, d, scale, out
     att.argtypes = [ptr, ctypes.c_long, ptr, ptr, ctypes.c_long, i32, ptr, i32, i32, i32, ctypes.c_float, ptr]
+    u16, f32 = ptr, ctypes.c_float
+    lib.itf_silu_mul_bf16.restype = None
+    lib.itf_silu_mul_bf16.argtypes = [u16, u16, u16, ctypes.c_long]                  # a, b, out, n
+    lib.itf_rope_bf16.restype = None       # x, strides b/t/head, B, T, heads, d, table, out
+    lib.itf_rope_bf16.argtypes = [u16, ctypes.c_long, ctypes.c_long, ctypes.c_long, i32, i32, i32, i32, ptr, u16]
+    lib.itf_adaln_rms_bf16.restype = None  # x, scale, shift, row stride, eps, B, T, D, out
+    lib.itf_adaln_rms_bf16.argtypes = [u16, u16, u16, ctypes.c_long, f32, i32, i32, i32, u16]
     return lib

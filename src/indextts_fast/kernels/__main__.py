@@ -15,7 +15,7 @@ import torch
 def main() -> None:
     from ..benchmarks.common import read_bandwidth, table
     from ..precision import DynamicInt8Linear
-    from . import decode_kernels
+    from . import load
 
     p = argparse.ArgumentParser(prog="python -m indextts_fast.kernels")
     p.add_argument("--layers", type=int, default=24)
@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=15)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if decode_kernels() is None:
+    if load() is None:
         raise SystemExit("the int8 GEMV kernel is not available here (no AVX-512 VNNI, no C compiler, or disabled)")
     d, gen = args.dim, torch.Generator().manual_seed(0)
     shapes = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * args.layers

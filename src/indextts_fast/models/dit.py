@@ -58,6 +58,16 @@ def rms_normalize(x: Tensor, eps: float) -> Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
 
 
+def lowp_kernels(x: Tensor):
+    """The C kernels (indextts_fast.kernels) for a bf16 CPU tensor, else None: a bf16 stage's elementwise
+    chains (AdaLN, RoPE, SwiGLU gate) then run as one pass each. fp32 never takes them (exact path)."""
+    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous() or x.shape[-1] % 16:
+        return None
+    from ..kernels import load
+
+    return load()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -80,7 +90,17 @@ class AdaptiveRMSNorm(nn.Module):
         weight, bias = self.project_layer(c).chunk(2, dim=-1)  # (B, 1, D) each
         # fewer passes over (B, T, D) than the official op chain: γ is folded into the per-sample scale
         # (w·γ is B·D multiplies) and the affine part is one addcmul; same math, other rounding order.
-        # In a bf16 stage the scale is rounded to bf16 so that the (B, T, D) pass stays bf16.
+        # In a bf16 stage the scale is rounded to bf16 so that the (B, T, D) pass stays bf16, and with the C
+        # kernels the norm and the affine part are one pass (the normalised x is not rounded in between).
+        lib = lowp_kernels(x)
+        if lib is not None and weight.shape[1] == 1:
+            B, T, D = x.shape
+            scale = (weight * self.norm.weight).to(x.dtype).contiguous()
+            shift = bias.to(x.dtype).contiguous()
+            out = torch.empty_like(x)
+            lib.itf_adaln_rms_bf16(x.data_ptr(), scale.data_ptr(), shift.data_ptr(), D, self.norm.eps, B, T, D,
+                                   out.data_ptr())
+            return out
         normalized = rms_normalize(x, self.norm.eps)
         return torch.addcmul(bias, (weight * self.norm.weight).to(normalized.dtype), normalized)
 
@@ -114,7 +134,13 @@ class Attention(nn.Module):
         B, T, D = x.shape
         H = self.n_heads
         qkv = self.wqkv(x).view(B, T, 3 * H, self.head_dim)
-        qk = apply_rope(qkv[:, :, : 2 * H].transpose(1, 2), rope)  # q and k rotated together, (B, 2H, T, d)
+        lib = lowp_kernels(qkv)
+        if lib is not None:   # bf16: the rotation straight from the strided q|k of qkv, one pass
+            qk = torch.empty(B, 2 * H, T, self.head_dim, dtype=qkv.dtype)
+            lib.itf_rope_bf16(qkv.data_ptr(), qkv.stride(0), qkv.stride(1), qkv.stride(2), B, T, 2 * H,
+                              self.head_dim, rope.contiguous().data_ptr(), qk.data_ptr())
+        else:
+            qk = apply_rope(qkv[:, :, : 2 * H].transpose(1, 2), rope)  # q and k rotated together, (B, 2H, T, d)
         q, k = qk[:, :H], qk[:, H:]
         v = qkv[:, :, 2 * H:].transpose(1, 2).contiguous()  # SDPA is faster on contiguous heads
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -129,7 +155,12 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x), inplace=True).mul_(self.w3(x)))
+        gate, up = self.w1(x), self.w3(x)
+        lib = lowp_kernels(gate)
+        if lib is not None and up.is_contiguous() and up.dtype == gate.dtype:
+            lib.itf_silu_mul_bf16(gate.data_ptr(), up.data_ptr(), gate.data_ptr(), gate.numel())
+            return self.w2(gate)
+        return self.w2(F.silu(gate, inplace=True).mul_(up))
 
 
 class TransformerBlock(nn.Module):

@@ -224,3 +224,73 @@ int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint
     free(scores);
     return 0;
 }
+
+/* ---- elementwise chains of a bf16 DiT step (S2Mel): one pass each instead of several ---------------- */
+
+static inline __m512 bf16_load(const uint16_t *p) { return load_bf16x16(p); }
+
+static inline __m256i bf16_round(__m512 v) {   /* fp32 -> bf16, round to nearest even (finite values) */
+    __m512i b = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    b = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(b, 16));
+}
+
+static inline void bf16_store(uint16_t *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, bf16_round(v)); }
+
+/* SwiGLU gate: out = silu(a) · b over n bf16 values (n a multiple of 16); out may alias a. */
+void itf_silu_mul_bf16(const uint16_t *a, const uint16_t *b, uint16_t *out, long n) {
+    #pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i += 16) {
+        __m512 x = bf16_load(a + i);
+        __m512 e = exp_neg(_mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(-1.f)));      /* e^-|x| */
+        __m512 one = _mm512_set1_ps(1.f);
+        /* sigmoid(x) = 1/(1+e^-x) for x >= 0, e^x/(1+e^x) for x < 0: both from e^-|x| */
+        __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        sig = _mm512_mask_mul_ps(sig, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), sig, e);
+        bf16_store(out + i, _mm512_mul_ps(_mm512_mul_ps(x, sig), bf16_load(b + i)));
+    }
+}
+
+/* RoPE of interleaved pairs: x (B, T, NH, d) bf16 with strides sb, st, sh (elements; d contiguous),
+   table (T, d/2, 2) fp32 [cos, sin]; out (B, NH, T, d) contiguous bf16:
+   (x0·cos − x1·sin, x1·cos + x0·sin), computed in fp32, rounded once. d a multiple of 16. */
+void itf_rope_bf16(const uint16_t *x, long sb, long st, long sh, int B, int T, int NH, int d,
+                   const float *table, uint16_t *out) {
+    __m512i swap = _mm512_set_epi32(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);
+    __m512 sign = _mm512_set_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    __m512i even = _mm512_set_epi32(14, 14, 12, 12, 10, 10, 8, 8, 6, 6, 4, 4, 2, 2, 0, 0);
+    __m512i odd = _mm512_set_epi32(15, 15, 13, 13, 11, 11, 9, 9, 7, 7, 5, 5, 3, 3, 1, 1);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const uint16_t *src = x + b * sb + t * st + h * sh;
+                uint16_t *dst = out + (((size_t)b * NH + h) * T + t) * d;
+                const float *tab = table + (size_t)t * d;        /* d/2 pairs of [cos, sin] = d floats */
+                for (int i = 0; i < d; i += 16) {
+                    __m512 v = bf16_load(src + i), cs = _mm512_loadu_ps(tab + i);
+                    __m512 c = _mm512_permutexvar_ps(even, cs), s = _mm512_permutexvar_ps(odd, cs);
+                    __m512 sw = _mm512_mul_ps(_mm512_permutexvar_ps(swap, v), sign);   /* (-x1, x0) */
+                    bf16_store(dst + i, _mm512_fmadd_ps(v, c, _mm512_mul_ps(sw, s)));
+                }
+            }
+}
+
+/* AdaLN-RMS: out[b, t] = shift[b] + scale[b] · x[b, t] · rsqrt(mean(x[b, t]²) + eps), x (B, T, D) bf16
+   contiguous, scale/shift bf16 rows with stride ss (elements) per b; out (B, T, D). D a multiple of 16. */
+void itf_adaln_rms_bf16(const uint16_t *x, const uint16_t *scale, const uint16_t *shift, long ss, float eps,
+                        int B, int T, int D, uint16_t *out) {
+    #pragma omp parallel for schedule(static)
+    for (long row = 0; row < (long)B * T; row++) {
+        int b = (int)(row / T);
+        const uint16_t *r = x + row * D;
+        __m512 acc = _mm512_setzero_ps();
+        for (int i = 0; i < D; i += 16) { __m512 v = bf16_load(r + i); acc = _mm512_fmadd_ps(v, v, acc); }
+        __m512 inv = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(acc) / D + eps));
+        const uint16_t *sc = scale + b * ss, *sh = shift + b * ss;
+        for (int i = 0; i < D; i += 16)
+            bf16_store(out + row * D + i, _mm512_fmadd_ps(_mm512_mul_ps(bf16_load(sc + i), inv), bf16_load(r + i),
+                                                           bf16_load(sh + i)));
+    }
+}
