@@ -189,3 +189,15 @@ def test_dit_elementwise_kernels_match_float32_then_one_rounding():
     lib.itf_adaln_rms_bf16(x.data_ptr(), scale.data_ptr(), shift.data_ptr(), 64, 1e-5, 2, T, 64, y.data_ptr())
     want = shift.float() + scale.float() * F.rms_norm(x.float(), (64,), eps=1e-5)
     assert float((y.float() - want).abs().max()) <= 2.0 ** -8 * float(want.abs().max())
+
+
+@needs_kernel
+def test_wavenet_gate_kernel_including_a_partial_vector():
+    lib, g = kernels.load(), torch.Generator().manual_seed(6)
+    B, H, T = 2, 32, 37                                           # T % 16 != 0: masked tail
+    a = (torch.randn(B, 2 * H, T, generator=g) * 3).bfloat16()
+    cond = torch.randn(B, 5 * H, 1, generator=g).bfloat16()[:, H:3 * H]   # a strided slice, as WaveNet's
+    out = torch.empty(B, H, T, dtype=torch.bfloat16)
+    lib.itf_wavenet_gate_bf16(a.data_ptr(), cond.data_ptr(), cond.stride(0), B, H, T, out.data_ptr())
+    x = a.float() + cond.float()
+    assert _ulps_bf16(out, torch.tanh(x[:, :H]) * torch.sigmoid(x[:, H:])) <= 1.0

@@ -8,8 +8,9 @@
   `python -m indextts_fast.kernels` times both side by side on GPT-shaped weights.
 - `itf_attend_bf16`: one decode step's attention over a bf16 KV cache (S query rows, additive mask),
   every cached key read once for all rows, masked-out positions skipped.
-- `itf_adaln_rms_bf16`, `itf_rope_bf16`, `itf_silu_mul_bf16`: the elementwise chains of a bf16 DiT step
-  (AdaLN-RMS norm + modulation, rotary embedding from the strided q|k, SwiGLU gate), one pass each.
+- `itf_adaln_rms_bf16`, `itf_rope_bf16`, `itf_silu_mul_bf16`, `itf_wavenet_gate_bf16`: the elementwise
+  chains of a bf16 DiT step (AdaLN-RMS norm + modulation, rotary embedding from the strided q|k, SwiGLU
+  gate, WaveNet tanh·sigmoid gate), one pass each.
 All run on torch's OpenMP pool (same libgomp). None is used by the fp32 (parity) path.
 
 `load()` returns the loaded library, or None — and the callers then use torch's / fbgemm's kernels — when
@@ -31,8 +32,8 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = "native.c"
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 
 
 def cpu_supports() -> bool:
@@ -103,4 +104,6 @@ def load() -> Optional[ctypes.CDLL]:
     lib.itf_rope_bf16.argtypes = [u16, ctypes.c_long, ctypes.c_long, ctypes.c_long, i32, i32, i32, i32, ptr, u16]
     lib.itf_adaln_rms_bf16.restype = None  # x, scale, shift, row stride, eps, B, T, D, out
     lib.itf_adaln_rms_bf16.argtypes = [u16, u16, u16, ctypes.c_long, f32, i32, i32, i32, u16]
+    lib.itf_wavenet_gate_bf16.restype = None  # a, g, g batch stride, B, H, T, out
+    lib.itf_wavenet_gate_bf16.argtypes = [u16, u16, ctypes.c_long, i32, i32, i32, u16]
     return lib

@@ -59,16 +59,26 @@ static inline __m512 exp_neg(__m512 z) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* GPT-2's "gelu_new": v/2 · (1 + tanh(sqrt(2/pi) · (v + 0.044715 v^3))), tanh from e^(-2|u|). */
+/* tanh(u) = sign(u) · (1 − e^(−2|u|)) / (1 + e^(−2|u|)) */
+static inline __m512 tanh_ps(__m512 u) {
+    __m512 e = exp_neg(_mm512_mul_ps(_mm512_abs_ps(u), _mm512_set1_ps(-2.f)));
+    __m512 th = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.f), e), _mm512_add_ps(_mm512_set1_ps(1.f), e));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(th),
+                               _mm512_and_si512(_mm512_castps_si512(u), _mm512_set1_epi32((int)0x80000000))));
+}
+
+/* sigmoid(x) = 1/(1+e^-x) for x >= 0, e^x/(1+e^x) for x < 0: both from e^-|x| */
+static inline __m512 sigmoid_ps(__m512 x) {
+    __m512 e = exp_neg(_mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(-1.f)));
+    __m512 sig = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_add_ps(_mm512_set1_ps(1.f), e));
+    return _mm512_mask_mul_ps(sig, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), sig, e);
+}
+
+/* GPT-2's "gelu_new": v/2 · (1 + tanh(sqrt(2/pi) · (v + 0.044715 v^3))). */
 static inline __m512 gelu_tanh(__m512 v) {
     __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
                              _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), _mm512_mul_ps(v, v), v));
-    __m512 a = _mm512_abs_ps(u);
-    __m512 e = exp_neg(_mm512_mul_ps(a, _mm512_set1_ps(-2.f)));
-    __m512 th = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.f), e), _mm512_add_ps(_mm512_set1_ps(1.f), e));
-    th = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(th),
-                             _mm512_and_si512(_mm512_castps_si512(u), _mm512_set1_epi32((int)0x80000000))));
-    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.f), th));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.f), tanh_ps(u)));
 }
 
 /* What is done to each output after the product: bias, then GELU or + residual (M, N). */
@@ -243,12 +253,7 @@ void itf_silu_mul_bf16(const uint16_t *a, const uint16_t *b, uint16_t *out, long
     #pragma omp parallel for schedule(static)
     for (long i = 0; i < n; i += 16) {
         __m512 x = bf16_load(a + i);
-        __m512 e = exp_neg(_mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(-1.f)));      /* e^-|x| */
-        __m512 one = _mm512_set1_ps(1.f);
-        /* sigmoid(x) = 1/(1+e^-x) for x >= 0, e^x/(1+e^x) for x < 0: both from e^-|x| */
-        __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, e));
-        sig = _mm512_mask_mul_ps(sig, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), sig, e);
-        bf16_store(out + i, _mm512_mul_ps(_mm512_mul_ps(x, sig), bf16_load(b + i)));
+        bf16_store(out + i, _mm512_mul_ps(_mm512_mul_ps(x, sigmoid_ps(x)), bf16_load(b + i)));
     }
 }
 
@@ -293,4 +298,25 @@ void itf_adaln_rms_bf16(const uint16_t *x, const uint16_t *scale, const uint16_t
             bf16_store(out + row * D + i, _mm512_fmadd_ps(_mm512_mul_ps(bf16_load(sc + i), inv), bf16_load(r + i),
                                                            bf16_load(sh + i)));
     }
+}
+
+/* WaveNet gate: out[b, c, t] = tanh(a[b, c, t] + g[b, c]) · sigmoid(a[b, H + c, t] + g[b, H + c]),
+   a (B, 2H, T) bf16 contiguous, g bf16 with batch stride gs (channel stride 1), out (B, H, T). */
+void itf_wavenet_gate_bf16(const uint16_t *a, const uint16_t *g, long gs, int B, int H, int T, uint16_t *out) {
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < H; c++) {
+            const uint16_t *x1 = a + ((size_t)b * 2 * H + c) * T, *x2 = x1 + (size_t)H * T;
+            uint16_t *o = out + ((size_t)b * H + c) * T;
+            uint16_t gb1 = g[b * gs + c], gb2 = g[b * gs + H + c];
+            __m512 g1 = _mm512_castsi512_ps(_mm512_set1_epi32((int)gb1 << 16));
+            __m512 g2 = _mm512_castsi512_ps(_mm512_set1_epi32((int)gb2 << 16));
+            for (int t = 0; t < T; t += 16) {
+                __mmask16 m = T - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (T - t)) - 1);
+                __m512 u = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x1 + t)), 16));
+                __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x2 + t)), 16));
+                __m512 y = _mm512_mul_ps(tanh_ps(_mm512_add_ps(u, g1)), sigmoid_ps(_mm512_add_ps(v, g2)));
+                _mm256_mask_storeu_epi16(o + t, m, bf16_round(y));
+            }
+        }
 }

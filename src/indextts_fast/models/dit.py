@@ -58,10 +58,12 @@ def rms_normalize(x: Tensor, eps: float) -> Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
 
 
-def lowp_kernels(x: Tensor):
-    """The C kernels (indextts_fast.kernels) for a bf16 CPU tensor, else None: a bf16 stage's elementwise
-    chains (AdaLN, RoPE, SwiGLU gate) then run as one pass each. fp32 never takes them (exact path)."""
-    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous() or x.shape[-1] % 16:
+def lowp_kernels(x: Tensor, whole_vectors: bool = True):
+    """The C kernels (indextts_fast.kernels) for a contiguous bf16 CPU tensor (last dim a multiple of 16 when
+    `whole_vectors`), else None: a bf16 stage's elementwise chains (AdaLN, RoPE, SwiGLU and WaveNet gates)
+    then run as one pass each. fp32 never takes them (exact path)."""
+    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous() or \
+            (whole_vectors and x.shape[-1] % 16):
         return None
     from ..kernels import load
 
@@ -266,8 +268,15 @@ class WaveNet(nn.Module):
         g = self.cond_layer(g)
         output: Optional[Tensor] = None
         for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers)):
-            a = in_layer(x).add_(g[:, 2 * i * H: 2 * (i + 1) * H])
-            acts = a[:, :H].tanh_().mul_(a[:, H:].sigmoid_())  # tanh(a1)·sigmoid(a2), in place
+            a, gi = in_layer(x), g[:, 2 * i * H: 2 * (i + 1) * H]
+            lib = lowp_kernels(a, whole_vectors=False)
+            if lib is not None and gi.dtype == a.dtype and gi.stride(1) == 1:
+                acts = a.new_empty(a.shape[0], H, a.shape[2])
+                lib.itf_wavenet_gate_bf16(a.data_ptr(), gi.data_ptr(), gi.stride(0), a.shape[0], H, a.shape[2],
+                                          acts.data_ptr())
+            else:
+                a.add_(gi)
+                acts = a[:, :H].tanh_().mul_(a[:, H:].sigmoid_())  # tanh(a1)·sigmoid(a2), in place
             rs = res_skip(acts)
             skip = rs[:, H:] if i < self.n_layers - 1 else rs
             output = skip if output is None else output + skip  # official starts from zeros: 0 + a == a
