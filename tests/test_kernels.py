@@ -201,3 +201,23 @@ def test_wavenet_gate_kernel_including_a_partial_vector():
     lib.itf_wavenet_gate_bf16(a.data_ptr(), cond.data_ptr(), cond.stride(0), B, H, T, out.data_ptr())
     x = a.float() + cond.float()
     assert _ulps_bf16(out, torch.tanh(x[:, :H]) * torch.sigmoid(x[:, H:])) <= 1.0
+
+
+@needs_kernel
+@pytest.mark.parametrize("channels,T,beta,logscale", [(8, 37, True, True), (5, 200, False, False), (3, 1, True, True),
+                                                      (4, 2, True, False)])
+def test_anti_aliased_snake_kernel_matches_the_torch_formulation(channels, T, beta, logscale):
+    from indextts_fast.models.bigvgan import AntiAliasedActivation
+
+    g = torch.Generator().manual_seed(T)
+    m = AntiAliasedActivation(channels, beta, logscale)
+    with torch.no_grad():
+        m.act.alpha.copy_(0.5 * torch.randn(channels, generator=g) + (0 if logscale else 1))
+        if m.act.beta is not None:
+            m.act.beta.copy_(0.5 * torch.randn(channels, generator=g) + (0 if logscale else 1))
+    x = 3 * torch.randn(2, channels, T, generator=g)
+    want = m.padded(x)
+    m.native = kernels.load()
+    got = m.padded(x)
+    assert got.shape == want.shape and torch.equal(got[..., T:], torch.zeros_like(got[..., T:]))
+    assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max())   # fp32, other summation order

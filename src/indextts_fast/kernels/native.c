@@ -320,3 +320,79 @@ void itf_wavenet_gate_bf16(const uint16_t *a, const uint16_t *g, long gs, int B,
             }
         }
 }
+
+/* ---- BigVGAN's anti-aliased Snake activation (bf16 vocoder stage; computed in fp32) ------------------ */
+
+/* sin²(y): sin² has period π, so y is reduced by multiples of π (4-part Cody-Waite) to [−π/2, π/2] and
+   sin taken from its Taylor series to r¹¹ (error < 1e-7 there). */
+static inline __m512 sin2_ps(__m512 y) {
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(0.31830988618379067f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(3.140625f), y);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(9.670257568359375e-4f), r);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(6.2771141529083251953e-7f), r);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.2154201256553420762e-10f), r);
+    __m512 r2 = _mm512_mul_ps(r, r);
+    __m512 p = _mm512_set1_ps(-1.f / 39916800.f);
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.f / 362880.f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-1.f / 5040.f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.f / 120.f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-1.f / 6.f));
+    __m512 s = _mm512_fmadd_ps(_mm512_mul_ps(r, r2), p, r);
+    return _mm512_mul_ps(s, s);
+}
+
+/* x (R, T) fp32 rows (R = batch·channels) -> out (R, Tp) fp32, Tp >= T: the official Activation1d —
+   u = 2·(12-tap polyphase up-sampling ×2 of x, replicate padding), z = u + sin²(α·u)·(1/β) per row,
+   out[i] = Σ_k down[k]·z[2i + k − 5] (replicate padding 5 left, 6 right) — then zeros from T on.
+   up2: the up-sampling filter already ×2; alpha, inv_beta per row. Returns 0, or -1 when scratch memory
+   is not available. */
+int itf_aa_snake(const float *x, long R, int T, const float *alpha, const float *inv_beta, const float *up2,
+                  const float *down, int Tp, float *out) {
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    int failed = 0;
+    #pragma omp parallel
+    {
+        float *xp = (float *)malloc(sizeof(float) * ((size_t)T + 64));
+        float *z = (float *)malloc(sizeof(float) * (2 * (size_t)T + 128));
+        #pragma omp for schedule(static)
+        for (long row = 0; row < R; row++) {
+            if (!xp || !z) { failed = 1; continue; }
+            const float *xr = x + row * T;
+            float *o = out + row * Tp;
+            for (int j = 0; j < 3; j++) xp[j] = xr[0];                  /* xp[j] = x[clamp(j − 3)] */
+            for (int j = 0; j < T; j++) xp[3 + j] = xr[j];
+            for (int j = T + 3; j < T + 64; j++) xp[j] = xr[T - 1];
+            __m512 a = _mm512_set1_ps(alpha[row]), ib = _mm512_set1_ps(inv_beta[row]);
+            for (int i = 0; i < T; i += 16) {
+                __m512 ue = _mm512_setzero_ps(), uo = _mm512_setzero_ps();
+                for (int k = 0; k < 6; k++) {   /* u[2i] = Σ up2[2k+1]·x[i+2−k], u[2i+1] = Σ up2[2k]·x[i+3−k] */
+                    ue = _mm512_fmadd_ps(_mm512_set1_ps(up2[2 * k + 1]), _mm512_loadu_ps(xp + i + 5 - k), ue);
+                    uo = _mm512_fmadd_ps(_mm512_set1_ps(up2[2 * k]), _mm512_loadu_ps(xp + i + 6 - k), uo);
+                }
+                __m512 ze = _mm512_add_ps(ue, _mm512_mul_ps(sin2_ps(_mm512_mul_ps(ue, a)), ib));
+                __m512 zo = _mm512_add_ps(uo, _mm512_mul_ps(sin2_ps(_mm512_mul_ps(uo, a)), ib));
+                _mm512_storeu_ps(z + 5 + 2 * i, _mm512_permutex2var_ps(ze, lo, zo));
+                _mm512_storeu_ps(z + 5 + 2 * i + 16, _mm512_permutex2var_ps(ze, hi, zo));
+            }
+            for (int j = 0; j < 5; j++) z[j] = z[5];                    /* replicate padding of z */
+            for (int j = 0; j < 6 + 64; j++) z[5 + 2 * T + j] = z[5 + 2 * T - 1];
+            for (int i = 0; i < T; i += 16) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int k = 0; k < 12; k++) {
+                    __m512 ev = _mm512_permutex2var_ps(_mm512_loadu_ps(z + 2 * i + k), evens,
+                                                       _mm512_loadu_ps(z + 2 * i + k + 16));
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(down[k]), ev, acc);
+                }
+                __mmask16 m = T - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (T - i)) - 1);
+                _mm512_mask_storeu_ps(o + i, m, acc);
+            }
+            for (int j = T; j < Tp; j++) o[j] = 0.f;
+        }
+        free(xp);
+        free(z);
+    }
+    return failed ? -1 : 0;
+}

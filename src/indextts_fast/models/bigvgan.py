@@ -187,6 +187,22 @@ class AntiAliasedActivation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.padded(x)[..., :x.shape[-1]]
 
+    native = None  # the C kernel library, set by precision.prepare_vocoder_ for a reduced-precision vocoder
+
+    def _padded_native(self, x: Tensor) -> Tensor:
+        """`padded` as one C pass per channel row (kernels/native.c `itf_aa_snake`, fp32 arithmetic)."""
+        B, C, T = x.shape
+        n = -(-(T + 3) // BLOCK)
+        alpha, inv_beta = (c.float().repeat(B).contiguous() for c in self.act.coefficients())
+        up = (2 * self.upsample.filter.reshape(-1)).float().contiguous()
+        down = self.downsample.lowpass.filter.reshape(-1).float().contiguous()
+        x = x.contiguous()
+        out = x.new_empty(B, C, n * BLOCK)
+        if self.native.itf_aa_snake(x.data_ptr(), B * C, T, alpha.data_ptr(), inv_beta.data_ptr(), up.data_ptr(),
+                                    down.data_ptr(), n * BLOCK, out.data_ptr()):
+            raise MemoryError("anti-aliased activation kernel: no scratch memory")
+        return out
+
     @torch.no_grad()  # inference only (the kernels write into preallocated buffers)
     def padded(self, x: Tensor) -> Tensor:
         """x (B, C, T) -> (B, C, Tp), Tp >= T + 3: the activation, followed by Tp - T zeros (a 'same'
@@ -194,6 +210,9 @@ class AntiAliasedActivation(nn.Module):
 
         Channels are processed in groups of about CHUNK up-sampled samples, so that the intermediate
         signals of a group stay in the CPU cache (3× faster than whole-tensor passes on long audio)."""
+        if self.native is not None and x.dtype == torch.float32 and x.device.type == "cpu" and \
+                self.upsample.filter.numel() == 12 and self.downsample.lowpass.filter.numel() == 12:
+            return self._padded_native(x)
         B, C, T = x.shape
         R, n = B * C, -(-(T + 3) // BLOCK)  # >= 3 spare samples after T (right-edge fix below)
         m_up, m_down = self.matrices()
