@@ -107,3 +107,19 @@ def test_engine_int8_mode_speaks_like_fp32(tiny_dir, prompt):
     got = engine.synthesize(text, **kwargs)
     assert got.audio.dtype == np.float32 and np.isfinite(got.audio).all()
     assert len(got.audio) == len(want.audio)          # same forced codes -> same length
+
+
+def test_bf16_conditioning_subsampling_is_as_close_as_autocast(tiny_dir):
+    """cast_weights_ routes the conformer's conv2d2 subsampling through its frequency-major bf16 path."""
+    from indextts_fast.precision import cast_weights_
+
+    model = load_gpt(tiny_dir)
+    x = torch.randn(1, 150, model.conditioning_input_dim, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref = model.speaker_latent(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast_only = model.speaker_latent(x).float()
+    cast_weights_(model.conditioning_encoder, "bf16")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = model.speaker_latent(x).float()
+    assert rel(cast, ref) <= max(1.5 * rel(autocast_only, ref), 1e-3) and rel(cast, ref) < 2e-2

@@ -49,6 +49,9 @@ class Conv2dSubsampling2(nn.Module):
         self.pos_enc = PositionTable(channels)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        linear = self.out[0]
+        if linear.weight.dtype == torch.bfloat16:  # a bf16 stage: see _frequency_major
+            return self._frequency_major(x, mask)
         x = self.conv(x.unsqueeze(1))                      # (B, C, T', F)
         b, c, t, f = x.shape
         x = self.out(x.transpose(1, 2).reshape(b, t, c * f))
@@ -56,6 +59,26 @@ class Conv2dSubsampling2(nn.Module):
         x = x * math.sqrt(c)
         # Output frame i keeps input frame 2i + 2's validity (the official `mask[:, :, 2::2]`).
         return x, self.pos_enc(t), mask[:, :, 2::2]
+
+
+    def _frequency_major(self, x: torch.Tensor, mask: torch.Tensor):
+        """The same subsampling for bf16 weights without the (C, T', F) -> (T', C·F) transposition of a ~50 MB
+        activation: the 3x3 stride-2 convolution is one product of the (T'·F, 9) patches with the (C, 9)
+        kernel, whose (T'·F, C) result is already frequency-major, and the Linear's columns are permuted once
+        to that (F, C) order (kept while the weight is unchanged), so the flatten is a view. Same sums in
+        another order; the fp32 path keeps the official layout."""
+        conv, linear = self.conv[0], self.out[0]
+        c = conv.out_channels
+        patches = x.unfold(1, 3, 2).unfold(2, 3, 2)           # (B, T', F, 3, 3)
+        b, t, f = patches.shape[:3]
+        h = F.linear(patches.reshape(b, t * f, 9), conv.weight.view(c, 9), conv.bias).relu_()
+        w = linear.weight
+        key = (w.data_ptr(), None if w.is_inference() else w._version)
+        if getattr(self, "_permuted_key", None) != key:
+            self._permuted = w.view(-1, c, f).transpose(1, 2).reshape(w.shape[0], -1)
+            self._permuted_key = key
+        x = F.linear(h.view(b, t, f * c), self._permuted, linear.bias)
+        return x * math.sqrt(c), self.pos_enc(t), mask[:, :, 2::2]
 
 
 class RelPositionAttention(nn.Module):
