@@ -145,3 +145,14 @@ def test_check_parity_frontend_reports_no_failures(tiny_dir, capsys):
     rc = cli.main(["check-parity", str(tiny_dir), "--stage", "frontend"])
     out = capsys.readouterr().out
     assert rc == 0 and out.strip().endswith(" 0 failed"), out[-2000:]
+
+
+def test_embed_together_matches_one_by_one(w2v):
+    g = torch.Generator().manual_seed(8)
+    a, b, c = (0.1 * torch.randn(1, n, generator=g) for n in (16000, 16000, 12000))
+    with torch.inference_mode():
+        alone = [w2v(x) for x in (a, b, c)]
+        same_length = w2v.embed_together(a, b)          # one batch
+        mixed = w2v.embed_together(a, c)                # different lengths: one by one
+    for got, want in zip(same_length + mixed, [alone[0], alone[1], alone[0], alone[2]]):
+        assert got.shape == want.shape and max_err(got, want) <= 1e-4 * float(want.abs().max())

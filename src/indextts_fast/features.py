@@ -227,6 +227,16 @@ class SemanticFeatures(nn.Module):
     def forward(self, wav16k: torch.Tensor) -> torch.Tensor:
         return self.embed(*self.features(wav16k))
 
+    def embed_together(self, *wavs16k: torch.Tensor) -> list[torch.Tensor]:
+        """`forward` of several clips; clips of the same length run as one batch (one pass over the weights
+        and position tables for all of them: ~30 % less time for two). Batching changes the GEMM row counts,
+        so the result can differ from one-by-one in the last bits: the exact (fp32) path does not use it."""
+        feats = [self.features(w) for w in wavs16k]
+        if len({tuple(f.shape) for f, _ in feats}) != 1:
+            return [self.embed(f, m) for f, m in feats]
+        out = self.embed(torch.cat([f for f, _ in feats]), torch.cat([m for _, m in feats]))
+        return list(out.split(1))
+
 
 # ---- random checkpoints ------------------------------------------------------------------------------------------
 def w2v_config_dict(folder: ModelFolder) -> dict:

@@ -234,8 +234,11 @@ class Engine:
         self.extractions += 1
         ref = a.load_reference(audio_path)
         wav22k, wav16k = ref.wav22k.to(self.device), ref.wav16k.to(self.device)
-        spk_cond_emb = self.w2v(wav16k)
-        emo_cond_emb = self.w2v(a.load_emotion_audio(audio_path).to(self.device))
+        emo16k = a.load_emotion_audio(audio_path).to(self.device)
+        if self.precision["conditioning"] == "fp32":
+            spk_cond_emb, emo_cond_emb = self.w2v(wav16k), self.w2v(emo16k)
+        else:  # the speaker and emotion clips (the same file, two resamplings) in one batch
+            spk_cond_emb, emo_cond_emb = self.w2v.embed_together(wav16k, emo16k)
         codes, S_ref = self.codec.quantize(spk_cond_emb)
         ref_mel = a.mel_spectrogram(wav22k, self.folder.config.s2mel.preprocess_params.spect_params)
         style = self.campplus(a.kaldi_fbank(wav16k)[None])
