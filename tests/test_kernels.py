@@ -51,13 +51,13 @@ def test_kernel_matches_the_integer_reference(rows, n, k):
 
 
 @needs_kernel
-def test_kernel_zero_rows_and_fbgemm_path_agree():
+def test_kernel_zero_rows_and_many_row_path_agree():
     g = torch.Generator().manual_seed(3)
     w, b = torch.randn(96, 64, generator=g) / 8, torch.randn(96, generator=g)
     m = DynamicInt8Linear(w, b)
     x = torch.randn(GEMV_ROWS + 1, 64, generator=g)
     x[2] = 0.0
-    gemm = m(x)                                              # > GEMV_ROWS rows: fbgemm
+    gemm = m(x)                                              # > GEMV_ROWS rows: oneDNN (or fbgemm)
     gemv = torch.cat([m(x[i:i + 1]) for i in range(x.shape[0])])
     assert torch.allclose(gemv[2], b)                        # a zero row gives exactly the bias
     assert float((gemv - gemm).norm() / gemm.norm()) < 2e-2  # two int8 quantisations of the activations
@@ -73,12 +73,17 @@ def test_disabled_by_environment(monkeypatch):
         kernels.load.cache_clear()
 
 
-def test_fbgemm_fallback_serves_every_row_count(monkeypatch):
-    monkeypatch.setattr(kernels, "load", lambda: None)      # no compiler / no VNNI
+@pytest.mark.parametrize("onednn", [True, False])
+def test_fallbacks_serve_every_row_count(monkeypatch, onednn):
+    from indextts_fast import precision
+
+    monkeypatch.setattr(kernels, "load", lambda: None)      # no compiler / no VNNI: oneDNN, else fbgemm
+    if not onednn:
+        monkeypatch.setattr(precision, "_onednn_prepack", lambda q: None)
     g = torch.Generator().manual_seed(5)
     w, b = torch.randn(96, 64, generator=g) / 8, torch.randn(96, generator=g)
     m = DynamicInt8Linear(w, b)
-    assert m.kernel is None and not hasattr(m, "vnni")
+    assert m.kernel is None and not hasattr(m, "vnni") and (m.onednn is None) == (not onednn)
     for rows in (1, 3, GEMV_ROWS + 1):
         x = torch.randn(rows, 64, generator=g)
         assert float((m(x) - F.linear(x, w, b)).norm() / F.linear(x, w, b).norm()) < 3e-2

@@ -11,6 +11,8 @@
 - `itf_adaln_rms_bf16`, `itf_rope_bf16`, `itf_silu_mul_bf16`, `itf_wavenet_gate_bf16`: the elementwise
   chains of a bf16 DiT step (AdaLN-RMS norm + modulation, rotary embedding from the strided q|k, SwiGLU
   gate, WaveNet tanh·sigmoid gate), one pass each.
+- `itf_quantize_u8`: per-tensor asymmetric uint8 quantisation (the activations of the many-row int8 GEMM
+  of prefill and the latent pass, oneDNN's `qlinear_pointwise`).
 - `itf_aa_snake`: BigVGAN's anti-aliased Snake activation (up-sample ×2, Snake, down-sample ×2) per
   channel row in one pass, fp32 arithmetic, for the bf16 vocoder stage.
 All run on torch's OpenMP pool (same libgomp). None is used by the fp32 (parity) path.
@@ -110,4 +112,6 @@ def load() -> Optional[ctypes.CDLL]:
     lib.itf_wavenet_gate_bf16.argtypes = [u16, u16, ctypes.c_long, i32, i32, i32, u16]
     lib.itf_aa_snake.restype = ctypes.c_int   # x, rows, T, alpha, 1/beta, 2·up filter, down filter, Tp, out
     lib.itf_aa_snake.argtypes = [ptr, ctypes.c_long, i32, ptr, ptr, ptr, ptr, i32, ptr]
+    lib.itf_quantize_u8.restype = None    # x, n, out, &scale, &zero point
+    lib.itf_quantize_u8.argtypes = [ptr, ctypes.c_long, ptr, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(i32)]
     return lib

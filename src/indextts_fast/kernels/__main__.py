@@ -14,7 +14,7 @@ import torch
 
 def main() -> None:
     from ..benchmarks.common import read_bandwidth, table
-    from ..precision import DynamicInt8Linear
+    from ..precision import DynamicInt8Linear, fbgemm_prepack, quantize_int8
     from . import load
 
     p = argparse.ArgumentParser(prog="python -m indextts_fast.kernels")
@@ -28,14 +28,15 @@ def main() -> None:
         raise SystemExit("the int8 GEMV kernel is not available here (no AVX-512 VNNI, no C compiler, or disabled)")
     d, gen = args.dim, torch.Generator().manual_seed(0)
     shapes = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * args.layers
-    layers = [DynamicInt8Linear(torch.randn(o, i, generator=gen) / i ** 0.5, torch.zeros(o)) for o, i in shapes]
+    weights = [torch.randn(o, i, generator=gen) / i ** 0.5 for o, i in shapes]
+    layers = [DynamicInt8Linear(w, torch.zeros(w.shape[0])) for w in weights]
+    fbgemm = [fbgemm_prepack(*quantize_int8(w), torch.zeros(w.shape[0])) for w in weights]
     weight_bytes = sum(o * i for o, i in shapes)
     rows = []
     for m in (1, 2, 3, 4):
         xs = [torch.randn(m, i, generator=gen) for _, i in shapes]
         kernels = {"VNNI GEMV": lambda: [lin(x) for lin, x in zip(layers, xs)],
-                   "fbgemm": lambda: [torch.ops.quantized.linear_dynamic(x, lin.packed, False)
-                                      for lin, x in zip(layers, xs)]}
+                   "fbgemm": lambda: [torch.ops.quantized.linear_dynamic(x, p, False) for p, x in zip(fbgemm, xs)]}
         times = {name: [] for name in kernels}
         for _ in range(args.repeat):            # interleaved, so that both see the same machine
             for name, fn in kernels.items():
