@@ -141,10 +141,10 @@ def test_fused_decode_step_matches_the_block_ops(tiny_dir):
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows,heads,d", [(1, 4, 16), (3, 20, 64)])
-def test_decode_attention_matches_sdpa(rows, heads, d):
-    g = torch.Generator().manual_seed(rows * 7 + d)
-    cap, n = 50, 37
+@pytest.mark.parametrize("rows,heads,d,n", [(1, 4, 16, 37), (3, 20, 64, 37), (3, 20, 64, 48), (8, 2, 32, 70)])
+def test_decode_attention_matches_sdpa(rows, heads, d, n):
+    g = torch.Generator().manual_seed(rows * 7 + d + n)
+    cap = 80
     K = torch.randn(heads, cap, d, generator=g).bfloat16()
     V = torch.randn(heads, cap, d, generator=g).bfloat16()
     qkv = torch.randn(rows, 3 * heads * d, generator=g)
@@ -226,3 +226,15 @@ def test_anti_aliased_snake_kernel_matches_the_torch_formulation(channels, T, be
     got = m.padded(x)
     assert got.shape == want.shape and torch.equal(got[..., T:], torch.zeros_like(got[..., T:]))
     assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max())   # fp32, other summation order
+
+
+def test_a_failing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("INDEXTTS_FAST_HOME", str(tmp_path))   # nothing built there yet
+    monkeypatch.setenv("CC", "false")                          # a "compiler" that always fails
+    kernels.load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="native kernels unavailable"):
+            assert kernels.load() is None
+        assert not list((tmp_path / "kernels").glob("*.so")) and not list((tmp_path / "kernels").glob(".*tmp"))
+    finally:
+        kernels.load.cache_clear()

@@ -248,8 +248,10 @@ class KVCache:
 
 
 def _attention_kernel(cache: KVCache):
-    """kernels/native.c's attention when the cache is bf16 on the CPU and the head width suits it."""
-    if cache.dtype != torch.bfloat16 or cache.device.type != "cpu" or cache.head_dim % 16 or cache.head_dim > 256:
+    """kernels/native.c's attention when the cache is bf16 on the CPU, the head width a multiple of 16 and
+    there are at most 8 rows (beams)."""
+    if cache.dtype != torch.bfloat16 or cache.device.type != "cpu" or cache.head_dim % 16 or cache.head_dim > 256 \
+            or cache.rows > 8:
         return None
     from .kernels import load
 

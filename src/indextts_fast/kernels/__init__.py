@@ -64,9 +64,10 @@ def _build(source: bytes, target: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / SOURCE
         src.write_bytes(source)
-        out = Path(tmp) / target.name
+        out = target.parent / f".{target.name}.{os.getpid()}.tmp"   # same file system as the target
         proc = subprocess.run([cc, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
         if proc.returncode:
+            out.unlink(missing_ok=True)
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
         os.replace(out, target)  # atomic: concurrent builders never see half a file
 

@@ -181,55 +181,109 @@ static inline __m512 load_bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
-static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+/* Lane k of the result = the sum of v[k]'s 16 lanes (a 16x16 transpose-and-add: 46 instructions for 16
+   dot products instead of 16 horizontal reductions). */
+static inline __m512 hsum16(const __m512 *v) {
+    __m512 a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)     /* 256-bit halves folded: [v2i(lo+hi) | v2i+1(lo+hi)] */
+        a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 4; i++)     /* quad L of b[i]: 4 partial sums of v[4i + L] */
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int i = 0; i < 2; i++)     /* quad L of c[i]: 2 partials of v[8i + L], 2 of v[8i + 4 + L] */
+        c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lane 4L + m of f: the sum of v[4m + L] */
+    __m512 f = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(order, f);
+}
 
 /* out (S, H·d) fp32 = softmax(scale · q·Kᵀ + mask) · V for each row and head.
-   q (S, H, d) fp32, rows q_stride floats apart; K, V: the layer's (H, cap, d) bf16 cache (head stride cap·d), first n keys used;
-   mask (S, n) additive fp32 (0 / -inf) or NULL. d a multiple of 16 (<= 256), S <= 64. Heads run in
-   parallel; each key is read once for all rows (the values of a head, a few tens of KB, are re-read from
-   cache per row); masked-out positions are skipped. Returns 0, -1 when scratch memory is not available,
-   -2 for an unsupported shape. */
+   q (S, H, d) fp32, rows q_stride floats apart; K, V: the layer's (H, cap, d) bf16 cache (head stride
+   cap·d), first n keys used; mask (S, n) additive fp32 (0 / -inf) or NULL. d a multiple of 16 (<= 256),
+   S <= 8. Heads run in parallel; each key and value is read and converted once for all rows (scores of
+   16 keys at a time, reduced together); masked-out values are skipped. Returns 0, -1 when scratch memory
+   is not available, -2 for an unsupported shape. */
 int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride, int n,
                     const float *mask, int S, int H, int d, float scale, float *out) {
-    if (d % 16 || d > 256 || S > 64) return -2;
-    float *scores = (float *)malloc(sizeof(float) * (size_t)H * S * n);
+    if (d % 16 || d > 256 || S > 8 || S < 1) return -2;
+    float *scores = (float *)malloc(sizeof(float) * (size_t)H * S * (n + 16));
     if (!scores) return -1;
     int nv = d / 16;
     #pragma omp parallel for schedule(static)
     for (int h = 0; h < H; h++) {
         const uint16_t *Kh = K + (size_t)h * head_stride, *Vh = V + (size_t)h * head_stride;
-        float *sc = scores + (size_t)h * S * n;
-        for (int j = 0; j < n; j++) {
-            __m512 k[16];
-            for (int c = 0; c < nv; c++) k[c] = load_bf16x16(Kh + (size_t)j * d + 16 * c);
+        float *sc = scores + (size_t)h * S * (n + 16);
+        __m512 qv[8][16];
+        for (int r = 0; r < S; r++)
+            for (int c = 0; c < nv; c++) qv[r][c] = _mm512_loadu_ps(q + (size_t)r * q_stride + (size_t)h * d + 16 * c);
+        int j = 0;
+        for (; j + 16 <= n; j += 16) {          /* 16 keys: products, then one transpose-and-add per row */
+            __m512 prod[8][16];
+            for (int jj = 0; jj < 16; jj++) {
+                const uint16_t *kr = Kh + (size_t)(j + jj) * d;
+                for (int r = 0; r < S; r++) prod[r][jj] = _mm512_setzero_ps();
+                for (int c = 0; c < nv; c++) {
+                    __m512 kc = load_bf16x16(kr + 16 * c);
+                    for (int r = 0; r < S; r++) prod[r][jj] = _mm512_fmadd_ps(qv[r][c], kc, prod[r][jj]);
+                }
+            }
             for (int r = 0; r < S; r++) {
-                float m = mask ? mask[(size_t)r * n + j] : 0.f;
-                if (m == -INFINITY) { sc[(size_t)r * n + j] = -INFINITY; continue; }
-                const float *qr = q + (size_t)r * q_stride + (size_t)h * d;
-                __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qr), k[0]);
-                for (int c = 1; c < nv; c++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qr + 16 * c), k[c], acc);
-                sc[(size_t)r * n + j] = hsum(acc) * scale + m;
+                __m512 s = _mm512_mul_ps(hsum16(prod[r]), _mm512_set1_ps(scale));
+                if (mask) s = _mm512_add_ps(s, _mm512_loadu_ps(mask + (size_t)r * n + j));
+                _mm512_storeu_ps(sc + (size_t)r * (n + 16) + j, s);
             }
         }
-        for (int r = 0; r < S; r++) {           /* softmax in place */
-            float *s = sc + (size_t)r * n, mx = -INFINITY, sum = 0.f;
-            for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
-            for (int j = 0; j < n; j++) { s[j] = s[j] == -INFINITY ? 0.f : expf(s[j] - mx); sum += s[j]; }
-            float inv = 1.f / sum;
-            for (int j = 0; j < n; j++) s[j] *= inv;
-        }
-        for (int r = 0; r < S; r++) {
-            __m512 acc[16];
-            for (int c = 0; c < nv; c++) acc[c] = _mm512_setzero_ps();
-            const float *p = sc + (size_t)r * n;
-            for (int j = 0; j < n; j++) {
-                if (p[j] == 0.f) continue;
-                __m512 pj = _mm512_set1_ps(p[j]);
-                for (int c = 0; c < nv; c++) acc[c] = _mm512_fmadd_ps(pj, load_bf16x16(Vh + (size_t)j * d + 16 * c), acc[c]);
+        for (; j < n; j++) {                    /* the last < 16 keys one by one */
+            const uint16_t *kr = Kh + (size_t)j * d;
+            for (int r = 0; r < S; r++) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int c = 0; c < nv; c++) acc = _mm512_fmadd_ps(qv[r][c], load_bf16x16(kr + 16 * c), acc);
+                sc[(size_t)r * (n + 16) + j] = _mm512_reduce_add_ps(acc) * scale + (mask ? mask[(size_t)r * n + j] : 0.f);
             }
-            float *orow = out + ((size_t)r * H + h) * d;
-            for (int c = 0; c < nv; c++) _mm512_storeu_ps(orow + 16 * c, acc[c]);
         }
+        for (int r = 0; r < S; r++) {           /* softmax in place, 16 scores at a time; -inf -> exactly 0 */
+            float *s = sc + (size_t)r * (n + 16);
+            __m512 vmx = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
+            for (int k = 0; k < n; k += 16) {
+                __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1);
+                vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, s + k));
+            }
+            __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
+            for (int k = 0; k < n; k += 16) {
+                __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1);
+                __m512 x = _mm512_maskz_loadu_ps(m, s + k);
+                __mmask16 live = m & _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+                __m512 e = _mm512_maskz_mov_ps(live, exp_neg(_mm512_sub_ps(x, mx)));
+                vsum = _mm512_add_ps(vsum, e);
+                _mm512_mask_storeu_ps(s + k, m, e);
+            }
+            __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum));
+            for (int k = 0; k < n; k += 16) {
+                __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1);
+                _mm512_mask_storeu_ps(s + k, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + k), inv));
+            }
+        }
+        __m512 acc[8][16];
+        for (int r = 0; r < S; r++)
+            for (int c = 0; c < nv; c++) acc[r][c] = _mm512_setzero_ps();
+        for (int k = 0; k < n; k++) {           /* each value converted once, added to every row */
+            const uint16_t *vr = Vh + (size_t)k * d;
+            int any = 0;
+            for (int r = 0; r < S; r++) any |= sc[(size_t)r * (n + 16) + k] != 0.f;
+            if (!any) continue;
+            for (int c = 0; c < nv; c++) {
+                __m512 vc = load_bf16x16(vr + 16 * c);
+                for (int r = 0; r < S; r++)
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(sc[(size_t)r * (n + 16) + k]), vc, acc[r][c]);
+            }
+        }
+        for (int r = 0; r < S; r++)
+            for (int c = 0; c < nv; c++)
+                _mm512_storeu_ps(out + ((size_t)r * H + h) * d + 16 * c, acc[r][c]);
     }
     free(scores);
     return 0;
