@@ -17,9 +17,10 @@ How each is done:
   int8 weights; 1-8 rows: `torch._weight_int8pack_mm` with bf16 activations, the weight read once as
   int8; more rows (prefill, latent pass): dequantised to bf16 and one bf16 GEMM (AMX)), `DynamicInt8Linear`
   (int8 x int8 -> int32 with activations quantised on the fly: 1-8 rows through our AVX-512 VNNI GEMV,
-  `kernels/native.c`, per-row scales and zero points, every weight byte read once for all beams; more
-  rows, or no kernel, through fbgemm's `quantized.linear_dynamic`, per-tensor scales). LayerNorms, attention, softmax and the
-  logits processors stay fp32; reduced-precision GPTs keep their KV cache in bf16 (`kv_dtype`).
+  `kernels/native.c`, per-row scales and zero points, every weight byte read once for all beams, a block's
+  LayerNorms/GELU/residuals fused around it; more rows through oneDNN's int8 GEMM (AMX), per-tensor
+  scales; fbgemm where neither is available). Reduced-precision GPTs keep their KV cache in bf16
+  (`kv_dtype`; the decode attention then runs in `kernels/native.c` too); the logits processors stay fp32.
 - s2mel, vocoder, conditioning: `torch.autocast(device_type, bfloat16)` around the stage, with the stage's
   Linear/Conv weights stored in bf16 once (`cast_weights_`: the same rounding autocast applies per call):
   matmuls, convs and SDPA run in bf16 (AMX on CPU), norms/softmax/reductions in fp32 (autocast's fp32
