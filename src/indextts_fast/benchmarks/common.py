@@ -123,8 +123,21 @@ def at_precision(model: torch.nn.Module, mode: str):
     return autocast("cpu", mode)
 
 
-def add_speedups(cases: list[dict], key: str) -> None:
-    """Each case's `vs_fp32`: the fp32 case of the same name's `key` over its own (same run)."""
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def precision_peak(precision: str) -> float:
+    """This machine's matmul FLOP/s in a stage precision's dtype (measured now)."""
+    return matmul_peak(PEAK_DTYPES[precision])
+
+
+def add_speedups(cases: list[dict], key: str, peaks: dict[str, list[float]]) -> dict[str, float]:
+    """Each case's `vs_fp32` (the fp32 case of the same name's `key` over its own, same run) and
+    `fraction_of_peak` (its GFLOP/s over the best of its precision's `peaks` measurements); returns the
+    best peak per precision."""
     fp32 = {c["case"]: c[key] for c in cases if c["precision"] == "fp32"}
+    best = {m: max(v) for m, v in peaks.items()}
     for c in cases:
         c["vs_fp32"] = fp32[c["case"]] / c[key] if c["case"] in fp32 else None
+        c["fraction_of_peak"] = c["gflops"] * 1e9 / best[c["precision"]]
+    return best

@@ -59,7 +59,7 @@ def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch
 def run(args: argparse.Namespace) -> dict:
     from ..config import ModelFolder
     from ..models.s2mel import S2Mel, target_length
-    from .common import add_speedups, at_precision, machine, matmul_peak, stage_precisions, table
+    from .common import add_speedups, at_precision, machine, precision_peak, stage_precisions, table
 
     torch.set_flush_denormal(not args.keep_denormals)
     from .common import find_model_dir
@@ -69,10 +69,9 @@ def run(args: argparse.Namespace) -> dict:
     cfg = folder.config.s2mel
     hop, sr = cfg.preprocess_params.spect_params.hop_length, cfg.preprocess_params.sr
     prompt_frames = int(args.prompt_seconds * sr) // hop
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     modes = stage_precisions(args.precision)
     # re-measured after every case; the best one is this machine's peak for that precision
-    peaks = {m: [matmul_peak(dtypes[m])] for m in modes}
+    peaks = {m: [precision_peak(m)] for m in modes}
     gen = torch.Generator().manual_seed(0)
     inputs = []
     for codes in args.codes:
@@ -85,11 +84,8 @@ def run(args: argparse.Namespace) -> dict:
         context = at_precision(model, precision)
         for codes, T, mu, prompt, style in inputs:
             cases.append(_case(model, args, precision, context, codes, T, mu, prompt, style, prompt_frames, hop, sr))
-            peaks[precision].append(matmul_peak(dtypes[precision]))
-    add_speedups(cases, "s_per_step")
-    peak = {m: max(v) for m, v in peaks.items()}
-    for case in cases:
-        case["fraction_of_peak"] = case["gflops"] * 1e9 / peak[case["precision"]]
+            peaks[precision].append(precision_peak(precision))
+    peak = add_speedups(cases, "s_per_step", peaks)
     result = {"bench": "s2mel", "machine": machine(), "model_dir": str(folder.root),
               "dit": {"hidden": cfg.DiT.hidden_dim, "depth": cfg.DiT.depth, "heads": cfg.DiT.num_heads,
                       "wavenet_layers": cfg.wavenet.num_layers},

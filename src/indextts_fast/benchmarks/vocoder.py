@@ -48,15 +48,14 @@ def run(args: argparse.Namespace) -> dict:
     from ..config import ModelFolder
     from ..models.bigvgan import BigVGAN
     from ..precision import prepare_vocoder_
-    from .common import add_speedups, at_precision, machine, matmul_peak, stage_precisions, summary, table, timed
+    from .common import add_speedups, at_precision, machine, precision_peak, stage_precisions, summary, table, timed
 
     torch.set_flush_denormal(not args.keep_denormals)
     folder = ModelFolder(find_model_dir(args.model_dir, "hf_cache/bigvgan/bigvgan_generator.pt", "BigVGAN weights"))
     model = BigVGAN.from_folder(folder)
     sr = int(model.cfg.model_extra.get("sampling_rate", 22050))
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     modes = stage_precisions(args.precision)
-    peaks = {m: [matmul_peak(dtypes[m])] for m in modes}  # best of the measurements after every case
+    peaks = {m: [precision_peak(m)] for m in modes}  # best of the measurements after every case
     gen = torch.Generator().manual_seed(0)
     mels = []
     for seconds in args.seconds:
@@ -76,11 +75,8 @@ def run(args: argparse.Namespace) -> dict:
                           "s_per_audio_second": s / audio_s, "s_per_audio_second_min": min(times) / audio_s,
                           "official_s_per_audio_second": OFFICIAL_S_PER_AUDIO_SECOND if precision == "fp32" else None,
                           "gflop_per_audio_second": flops / audio_s / 1e9, "gflops": flops / s / 1e9})
-            peaks[precision].append(matmul_peak(dtypes[precision]))
-    add_speedups(cases, "s_per_call")
-    peak = {m: max(v) for m, v in peaks.items()}
-    for case in cases:
-        case["fraction_of_peak"] = case["gflops"] * 1e9 / peak[case["precision"]]
+            peaks[precision].append(precision_peak(precision))
+    peak = add_speedups(cases, "s_per_call", peaks)
     result = {"bench": "vocoder", "machine": machine(), "model_dir": str(folder.root),
               "upsample_initial_channel": model.cfg.upsample_initial_channel, "hop_length": model.hop_length,
               "flush_denormal": not args.keep_denormals,
