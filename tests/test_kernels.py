@@ -238,3 +238,50 @@ def test_a_failing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
         assert not list((tmp_path / "kernels").glob("*.so")) and not list((tmp_path / "kernels").glob(".*tmp"))
     finally:
         kernels.load.cache_clear()
+
+
+needs_amx = pytest.mark.skipif(kernels.load() is None or not kernels.load().amx,
+                               reason="no AMX-BF16 CPU (or the kernel library is unavailable): SDPA is used")
+
+
+@needs_amx
+@pytest.mark.parametrize("B,H,T,lengths", [(2, 8, 611, None), (2, 3, 45, [45, 17]), (1, 2, 5, [3]),
+                                           (1, 1, 32, None), (2, 2, 70, [1, 70])])
+def test_amx_attention_matches_float32_sdpa(B, H, T, lengths):
+    from indextts_fast.models.dit import amx_attention
+
+    g = torch.Generator().manual_seed(B * 100 + T)
+    qkv = (torch.randn(B, T, 3 * H, 64, generator=g) * 2).bfloat16()           # the DiT's fused projection
+    q = qkv[:, :, :H].transpose(1, 2).contiguous()
+    k = qkv[:, :, H:2 * H].transpose(1, 2).contiguous()
+    v = qkv[:, :, 2 * H:].transpose(1, 2)                                       # strided, as the DiT passes it
+    mask = None if lengths is None else (torch.arange(T)[None] < torch.tensor(lengths)[:, None])[:, None, None]
+    got = amx_attention(kernels.load(), q, k, v, mask)
+    assert got.shape == (B, T, H, 64) and got.dtype == torch.bfloat16
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).transpose(1, 2)
+    # P is rounded to bf16 before P·v and the output once more: a few bf16 steps at most, ~1e-3 overall
+    assert float((got.float() - want).abs().max()) <= 2.0 ** -6 * float(want.abs().max())
+    assert float((got.float() - want).norm() / want.norm()) < 3e-3
+    lib = kernels.load()
+    assert amx_attention(lib, q[..., :32], k[..., :32], v[..., :32], None) is None   # head width 32: SDPA's
+
+
+@needs_amx
+def test_dit_attention_takes_the_amx_kernel_and_agrees_with_sdpa(monkeypatch):
+    from indextts_fast.models import dit
+
+    torch.manual_seed(3)
+    layer = dit.Attention(128, 2).to(torch.bfloat16)                            # head width 64
+    x = torch.randn(2, 50, 128).bfloat16()
+    rope = dit.rope_table(64, 64)[:50]
+    mask = (torch.arange(50)[None] < torch.tensor([50, 31])[:, None])[:, None, None]
+    calls = []
+    real = dit.amx_attention
+    monkeypatch.setattr(dit, "amx_attention", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        got = layer(x, rope, mask)
+        lib = kernels.load()
+        monkeypatch.setattr(lib, "amx", False)
+        want = layer(x, rope, mask)
+    assert calls == [1]
+    assert float((got.float() - want.float()).norm() / want.float().norm()) < 1e-2

@@ -1,6 +1,6 @@
 """Hand-written CPU kernels (AVX-512), built on first use with the system C compiler; optional.
 
-`native.c`:
+`native.c` and `attention_amx.c` (one library):
 - `itf_gemv_s8`: the int8 GEMV of the GPT decode step (1-8 rows): activations quantised per row to uint8
   (with a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale
   and bias applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each
@@ -13,6 +13,8 @@
   gate, WaveNet tanh·sigmoid gate), one pass each.
 - `itf_quantize_u8`: per-tensor asymmetric uint8 quantisation (the activations of the many-row int8 GEMM
   of prefill and the latent pass, oneDNN's `qlinear_pointwise`).
+- `itf_attention_amx_bf16` (attention_amx.c): the DiT's non-causal attention (head width 64) on AMX tiles,
+  used only where the CPU has AMX-BF16 and Linux grants the tile state (`lib.amx`).
 - `itf_aa_snake`: BigVGAN's anti-aliased Snake activation (up-sample ×2, Snake, down-sample ×2) per
   channel row in one pass, fp32 arithmetic, for the bf16 vocoder stage.
 All run on torch's OpenMP pool (same libgomp). None is used by the fp32 (parity) path.
@@ -35,18 +37,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-SOURCE = "native.c"
+SOURCES = ("native.c", "attention_amx.c", "simd.h")   # the .c files are compiled into one library
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")   # attention_amx.c (compiled for them per function)
 
 
-def cpu_supports() -> bool:
+def _cpu_flags() -> list[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return all(f in flags for f in CPU_FLAGS)
+        return []
+    return next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+
+
+def cpu_supports(flags=CPU_FLAGS) -> bool:
+    have = _cpu_flags()
+    return all(f in have for f in flags)
 
 
 def _compiler() -> Optional[str]:
@@ -56,16 +63,17 @@ def _compiler() -> Optional[str]:
     return None
 
 
-def _build(source: bytes, target: Path) -> None:
+def _build(sources: dict[str, bytes], target: Path) -> None:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / SOURCE
-        src.write_bytes(source)
+        for name, text in sources.items():
+            (Path(tmp) / name).write_bytes(text)
         out = target.parent / f".{target.name}.{os.getpid()}.tmp"   # same file system as the target
-        proc = subprocess.run([cc, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
+        units = [str(Path(tmp) / name) for name in sources if name.endswith(".c")]
+        proc = subprocess.run([cc, *FLAGS, "-o", str(out), *units], capture_output=True, text=True)
         if proc.returncode:
             out.unlink(missing_ok=True)
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
@@ -81,12 +89,12 @@ def load() -> Optional[ctypes.CDLL]:
 
     if os.environ.get("INDEXTTS_FAST_KERNELS", "1") == "0" or not cpu_supports():
         return None
-    source = resources.files(__package__).joinpath(SOURCE).read_bytes()
-    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    sources = {name: resources.files(__package__).joinpath(name).read_bytes() for name in SOURCES}
+    digest = hashlib.sha256(b"".join(sources.values()) + " ".join(FLAGS).encode()).hexdigest()[:16]
     target = default_store_dir() / "kernels" / f"native-{digest}.so"
     try:
         if not target.exists():
-            _build(source, target)
+            _build(sources, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError) as e:
         import warnings
@@ -115,4 +123,9 @@ def load() -> Optional[ctypes.CDLL]:
     lib.itf_aa_snake.argtypes = [ptr, ctypes.c_long, i32, ptr, ptr, ptr, ptr, i32, ptr]
     lib.itf_quantize_u8.restype = None    # x, n, out, &scale, &zero point
     lib.itf_quantize_u8.argtypes = [ptr, ctypes.c_long, ptr, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(i32)]
+    amx = lib.itf_attention_amx_bf16
+    amx.restype = ctypes.c_int
+    long = ctypes.c_long  # q, k, v each with (batch, head, time) strides, key lengths, B, H, T, d, scale, out + strides
+    amx.argtypes = [ptr, long, long, long] * 3 + [ptr, i32, i32, i32, i32, f32, ptr, long, long, long]
+    lib.amx = cpu_supports(AMX_FLAGS) and lib.itf_amx_init() == 0   # the kernel may only run when this holds
     return lib

@@ -2,6 +2,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
+#include "simd.h"
 
 /* y[m, n] = sx[m] * ws[n] * sum_k (xu[m,k] - zp[m]) * w[n,k] + b[n]: activations quantised per row,
    asymmetric (xu = round(x / sx) + zp in [0, 255], 0 exact; the skewed post-GELU rows keep all 256
@@ -42,22 +43,6 @@ static void layer_norm_rows(const float *x, int M, int K, const float *w, const 
     }
 }
 
-/* e^z for z <= 0 (z >= -87 after clamping): 2^n · e^(f·ln2), f in [-1/2, 1/2], degree-7 Taylor. */
-static inline __m512 exp_neg(__m512 z) {
-    z = _mm512_max_ps(z, _mm512_set1_ps(-87.f));
-    __m512 t = _mm512_mul_ps(z, _mm512_set1_ps(1.44269504088896341f));
-    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 y = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.69314718055994531f));
-    __m512 p = _mm512_set1_ps(1.f / 5040.f);
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f / 720.f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f / 120.f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f / 24.f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f / 6.f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.f));
-    return _mm512_scalef_ps(p, n);
-}
 
 /* tanh(u) = sign(u) · (1 − e^(−2|u|)) / (1 + e^(−2|u|)) */
 static inline __m512 tanh_ps(__m512 u) {
@@ -177,10 +162,6 @@ int itf_gemv_s8(const float *x, int M, int K, const float *ln_w, const float *ln
 
 /* ---- attention of one decode step over a bf16 KV cache ---------------------------------------------- */
 
-static inline __m512 load_bf16x16(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
-
 /* Lane k of the result = the sum of v[k]'s 16 lanes (a 16x16 transpose-and-add: 46 instructions for 16
    dot products instead of 16 horizontal reductions). */
 static inline __m512 hsum16(const __m512 *v) {
@@ -293,12 +274,6 @@ int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint
 
 static inline __m512 bf16_load(const uint16_t *p) { return load_bf16x16(p); }
 
-static inline __m256i bf16_round(__m512 v) {   /* fp32 -> bf16, round to nearest even (finite values) */
-    __m512i b = _mm512_castps_si512(v);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-    b = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
-    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(b, 16));
-}
 
 static inline void bf16_store(uint16_t *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, bf16_round(v)); }
 
