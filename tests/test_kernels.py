@@ -114,30 +114,42 @@ def test_fused_layer_norm_gelu_and_residual(rows):
 
 
 @needs_kernel
-def test_fused_decode_step_matches_the_block_ops(tiny_dir):
+@pytest.mark.parametrize("text,rows", [([5, 77, 310], 3), ([5, 1, 77, 0, 310], 3), ([5, 77], 1)])
+def test_whole_decode_step_kernel_matches_the_block_by_block_path(tiny_dir, text, rows):
+    """kernels/gpt_step.c (every block in one call) against the same kernels called block by block from
+    Python: the same arithmetic, so equal up to summation order; with beam reorders, with and without a
+    padded prompt (ids 0/1 inside the text are dropped and the prompt left-padded: a key mask), 1 and 3 rows."""
     from indextts_fast.decoding import KVCache, decode_step, prefill
     from indextts_fast.models.gpt import load_gpt
-    from indextts_fast.precision import convert_gpt_, fused_int8_step
+    from indextts_fast.precision import convert_gpt_, fused_int8_decode
 
     model = convert_gpt_(load_gpt(tiny_dir), "int8dyn")
-    assert all(b.fused_step is not None for b in model.gpt.h)
+    assert model.fused_decode is fused_int8_decode
     g = torch.Generator().manual_seed(2)
     d = model.cfg.model_dim
     spk, emo = torch.randn(1, 32, d, generator=g), 0.1 * torch.randn(1, d, generator=g)
+    calls = []
+
+    def counted(*args):
+        out = fused_int8_decode(*args)
+        calls.append(out is not None)                # None would mean the block-by-block fallback ran
+        return out
 
     def logits(fused: bool) -> torch.Tensor:
-        for b in model.gpt.h:
-            b.fused_step = fused_int8_step if fused else None
+        model.fused_decode = counted if fused else None
         with torch.inference_mode():
-            prompt, valid = model.prompt(spk, torch.tensor([5, 77, 310]), emo)
-            cache = KVCache(model, 3, 4)
-            out = [prefill(model, prompt, valid, cache).expand(3, -1)]
-            for step in range(4):
-                out.append(decode_step(model, cache, torch.tensor([3, 9, 27]) + step, position=step + 2))
+            prompt, valid = model.prompt(spk, torch.tensor(text), emo)
+            cache = KVCache(model, rows, 5)
+            out = [prefill(model, prompt, valid, cache).expand(rows, -1)]
+            for step in range(5):
+                if rows > 1:
+                    cache.reorder(torch.tensor([0, 0, 2])[:rows] if step % 2 else torch.tensor([2, 1, 1])[:rows])
+                out.append(decode_step(model, cache, torch.tensor([3, 9, 27])[:rows] + step, position=step + 2))
         return torch.cat(out)
 
     fused, apart = logits(True), logits(False)
-    assert float((fused - apart).norm() / apart.norm()) < 1e-3
+    assert calls == [True] * 5
+    assert float((fused - apart).norm() / apart.norm()) < 1e-5
 
 
 @needs_kernel

@@ -286,7 +286,10 @@ def decode_step(model: UnifiedVoice, cache: KVCache, tokens: torch.Tensor, posit
     """Feed one code per row (S,) at mel position `position`; return (S, V) logits."""
     x = model.embed_mel(tokens, torch.full_like(tokens, position))        # (S, D): rows, no time axis
     cache.begin_step()
-    hidden = model.gpt(x, cache.attend_step)
+    fused = getattr(model, "fused_decode", None)   # precision.fused_int8_decode: all blocks in one kernel call
+    hidden = fused(model, x, cache) if fused is not None else None
+    if hidden is None:
+        hidden = model.gpt(x, cache.attend_step)
     cache.length += 1
     return model.head(hidden)
 

@@ -18,7 +18,8 @@ How each is done:
   int8; more rows (prefill, latent pass): dequantised to bf16 and one bf16 GEMM (AMX)), `DynamicInt8Linear`
   (int8 x int8 -> int32 with activations quantised on the fly: 1-8 rows through our AVX-512 VNNI GEMV,
   `kernels/native.c`, per-row scales and zero points, every weight byte read once for all beams, a block's
-  LayerNorms/GELU/residuals fused around it; more rows through oneDNN's int8 GEMM (AMX), per-tensor
+  LayerNorms/GELU/residuals fused around it; a whole decode step, every block, is ONE kernel call
+  (`fused_int8_decode`, kernels/gpt_step.c: no Python and no thread fork/join between products); more rows through oneDNN's int8 GEMM (AMX), per-tensor
   scales; fbgemm where neither is available). Reduced-precision GPTs keep their KV cache in bf16
   (`kv_dtype`; the decode attention then runs in `kernels/native.c` too); the logits processors stay fp32.
 - s2mel, vocoder, conditioning: `torch.autocast(device_type, bfloat16)` around the stage, with the stage's
@@ -313,17 +314,51 @@ class DynamicInt8Linear(nn.Module):
         return self.out_features * self.in_features + 4 * self.out_features
 
 
-def fused_int8_step(block: nn.Module, x: torch.Tensor, attend, layer: int) -> Optional[torch.Tensor]:
-    """A GPT-2 block's decode step for rows x (S, D) as four kernel calls around the attention:
-    LayerNorm+c_attn, c_proj+residual, LayerNorm+c_fc+GELU, c_proj+residual (kernels/native.c), instead of
-    ~12 separate ops; None when x or the block's linears do not qualify (then the block runs as usual)."""
-    attn, mlp = block.attn, block.mlp
-    if not (isinstance(attn.c_attn, DynamicInt8Linear) and attn.c_attn.gemv_ok(x)
-            and all(isinstance(m, DynamicInt8Linear) and m.kernel is not None
-                    for m in (attn.c_proj, mlp.c_fc, mlp.c_proj))):
+class _BlockWeights(ctypes.Structure):
+    """kernels/gpt_step.c's itf_block_t: a block's LayerNorms and its four int8 projections (c_attn,
+    attn.c_proj, mlp.c_fc, mlp.c_proj) as packed by pack_vnni."""
+    _fields_ = [(name, ctypes.c_void_p) for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b")] + \
+               [(name, ctypes.c_void_p * 4) for name in ("w", "wsum", "ws", "bias")]
+
+
+def _block_table(model: nn.Module):
+    """The itf_block_t array of an int8dyn GPT (built once; the tensors it points to are the model's own),
+    or None when a block does not qualify (a projection without the kernel, unequal LayerNorm eps)."""
+    blocks = model.gpt.h
+    linears = [(b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj) for b in blocks]
+    if not all(isinstance(m, DynamicInt8Linear) and m.kernel is not None for four in linears for m in four) or \
+            len({b.ln_1.eps for b in blocks} | {b.ln_2.eps for b in blocks}) != 1:
         return None
-    x = attn.c_proj.gemv(attend(layer, attn.c_attn.gemv(x, ln=block.ln_1)).contiguous(), residual=x)
-    return mlp.c_proj.gemv(mlp.c_fc.gemv(x, ln=block.ln_2, gelu=True), residual=x)
+    table = (_BlockWeights * len(blocks))()
+    for entry, block, four in zip(table, blocks, linears):
+        entry.ln1_w, entry.ln1_b = block.ln_1.weight.data_ptr(), block.ln_1.bias.data_ptr()
+        entry.ln2_w, entry.ln2_b = block.ln_2.weight.data_ptr(), block.ln_2.bias.data_ptr()
+        for i, m in enumerate(four):
+            entry.w[i], entry.wsum[i] = m.vnni.data_ptr(), m.wsum.data_ptr()
+            entry.ws[i], entry.bias[i] = m.wscale.data_ptr(), m.wbias.data_ptr()
+    return table
+
+
+def fused_int8_decode(model: nn.Module, x: torch.Tensor, cache) -> Optional[torch.Tensor]:
+    """Every GPT-2 block of an int8dyn decode step in ONE kernel call (kernels/gpt_step.c: the VNNI GEMVs
+    with their fused LayerNorm / GELU / residual around the bf16-cache attention, keys and values written to
+    the cache, all in one parallel region) -> the backbone's output ln_f(x), (S, D); None when x or the cache
+    do not qualify (the blocks then run one by one). Same arithmetic as the per-projection kernel calls."""
+    table = model.__dict__.get("_int8_block_table")
+    if table is None or cache.kernel is None or not (x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS
+                                                     and x.dtype == torch.float32 and x.device.type == "cpu"):
+        return None
+    x = x.contiguous().clone()
+    blocks = model.gpt.h
+    lo = cache.prefix + cache.length * cache.rows
+    mask = cache.mask
+    rc = cache.kernel.itf_gpt_step(x.data_ptr(), x.shape[0], x.shape[1], len(blocks), ctypes.addressof(table),
+                                   blocks[0].ln_1.eps, cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0),
+                                   cache.k.stride(1), lo, None if mask is None else mask.data_ptr(), cache.heads,
+                                   cache.head_dim, cache.head_dim ** -0.5)
+    if rc:
+        raise MemoryError(f"int8 GPT decode step kernel failed ({rc})")
+    return model.gpt.ln_f(x)
 
 
 LINEARS = {"bf16": BF16Linear, "int8": Int8Linear, "int8dyn": DynamicInt8Linear}
@@ -357,9 +392,9 @@ def convert_gpt_(model: nn.Module, mode: str) -> nn.Module:
     model.mel_head = cls(*_out_in_weight(model.mel_head))
     model.precision = mode
     model.kv_dtype = torch.bfloat16  # decoding.KVCache stores keys/values in bf16 for reduced-precision GPTs
-    if mode == "int8dyn":
-        for block in model.gpt.h:
-            block.fused_step = fused_int8_step  # GPT2Block.forward tries it first (decode rows only)
+    if mode == "int8dyn":   # decoding.decode_step tries it first (decode rows only)
+        model._int8_block_table = _block_table(model)
+        model.fused_decode = fused_int8_decode if model._int8_block_table is not None else None
     return model
 
 

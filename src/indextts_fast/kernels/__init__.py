@@ -1,11 +1,13 @@
 """Hand-written CPU kernels (AVX-512), built on first use with the system C compiler; optional.
 
-`native.c` and `attention_amx.c` (one library):
+`native.c`, `gpt_step.c` and `attention_amx.c` (one library):
 - `itf_gemv_s8`: the int8 GEMV of the GPT decode step (1-8 rows): activations quantised per row to uint8
   (with a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale
   and bias applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each
   weight byte once for all rows, which fbgemm's dynamic linear does not do at 2-4 rows (beam search):
   `python -m indextts_fast.kernels` times both side by side on GPT-shaped weights.
+- `itf_gpt_step` (gpt_step.c): a whole int8 GPT-2 decode step (every block: the GEMVs above around the
+  attention below, new keys/values written to the bf16 cache) in one call and one parallel region.
 - `itf_attend_bf16`: one decode step's attention over a bf16 KV cache (S query rows, additive mask),
   every cached key read once for all rows, masked-out positions skipped.
 - `itf_adaln_rms_bf16`, `itf_rope_bf16`, `itf_silu_mul_bf16`, `itf_wavenet_gate_bf16`: the elementwise
@@ -37,7 +39,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-SOURCES = ("native.c", "attention_amx.c", "simd.h")   # the .c files are compiled into one library
+SOURCES = ("native.c", "gpt_step.c", "attention_amx.c", "simd.h", "kernels.h")   # the .c files are compiled into one library
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")   # attention_amx.c (compiled for them per function)
@@ -127,5 +129,8 @@ def load() -> Optional[ctypes.CDLL]:
     amx.restype = ctypes.c_int
     long = ctypes.c_long  # q, k, v each with (batch, head, time) strides, key lengths, B, H, T, d, scale, out + strides
     amx.argtypes = [ptr, long, long, long] * 3 + [ptr, i32, i32, i32, i32, f32, ptr, long, long, long]
+    step = lib.itf_gpt_step  # x, rows, D, blocks, block table, eps, k, v, layer/head stride, lo, mask, H, d, scale
+    step.restype = ctypes.c_int
+    step.argtypes = [ptr, i32, i32, i32, ptr, f32, ptr, ptr, long, long, i32, ptr, i32, i32, f32]
     lib.amx = cpu_supports(AMX_FLAGS) and lib.itf_amx_init() == 0   # the kernel may only run when this holds
     return lib

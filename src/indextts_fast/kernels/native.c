@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <math.h>
 #include "simd.h"
+#include "kernels.h"
 
 /* y[m, n] = sx[m] * ws[n] * sum_k (xu[m,k] - zp[m]) * w[n,k] + b[n]: activations quantised per row,
    asymmetric (xu = round(x / sx) + zp in [0, 255], 0 exact; the skewed post-GELU rows keep all 256
@@ -10,18 +11,28 @@
    step k4 (4 k's), block j (16 outputs), lane l, byte i at ((g*K4 + k4)*4 + j)*64 + l*4 + i.
    VNNI dpbusd multiplies u8 (xu) by s8 (w); the zp·Σw term is removed with wsum[n] = Σ_k w[n,k]. */
 
-static void quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, float *sx, int32_t *zp) {
+void itf_quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, float *sx, int32_t *zp) {
     for (int m = 0; m < M; m++) {
         const float *r = x + (size_t)m * K;
-        float lo = 0.f, hi = 0.f;
-        for (int k = 0; k < K; k++) { lo = r[k] < lo ? r[k] : lo; hi = r[k] > hi ? r[k] : hi; }
+        __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+        for (int k = 0; k < K; k += 16) {
+            __mmask16 mk = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(mk, r + k);      /* the masked lanes read 0: lo <= 0 <= hi anyway */
+            vlo = _mm512_min_ps(vlo, v);
+            vhi = _mm512_max_ps(vhi, v);
+        }
+        float lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi);
         float s = hi > lo ? (hi - lo) / 255.f : 1.f, inv = 1.f / s;
         int z = (int)nearbyintf(-lo * inv);
         z = z < 0 ? 0 : (z > 255 ? 255 : z);
         uint8_t *q = xq + (size_t)m * Kp;
-        for (int k = 0; k < K; k++) {
-            float v = nearbyintf(r[k] * inv) + (float)z;
-            q[k] = (uint8_t)(v > 255.f ? 255.f : (v < 0.f ? 0.f : v));
+        __m512 vinv = _mm512_set1_ps(inv), vz = _mm512_set1_ps((float)z);
+        for (int k = 0; k < K; k += 16) {   /* round(x/s) + z, clamped to [0, 255] (nearest even, as nearbyintf) */
+            __mmask16 mk = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            __m512 v = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, r + k), vinv),
+                                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
+            v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.f));
+            _mm_mask_storeu_epi8(q + k, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
         }
         for (int k = K; k < Kp; k++) q[k] = (uint8_t)z;
         sx[m] = s;
@@ -30,7 +41,7 @@ static void quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, flo
 }
 
 /* Optional LayerNorm of each row (population variance, as torch), into out (M, K). */
-static void layer_norm_rows(const float *x, int M, int K, const float *w, const float *b, float eps, float *out) {
+void itf_layer_norm_rows(const float *x, int M, int K, const float *w, const float *b, float eps, float *out) {
     for (int m = 0; m < M; m++) {
         const float *r = x + (size_t)m * K;
         double sum = 0.0, sq = 0.0;
@@ -66,8 +77,6 @@ static inline __m512 gelu_tanh(__m512 v) {
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.f), tanh_ps(u)));
 }
 
-/* What is done to each output after the product: bias, then GELU or + residual (M, N). */
-typedef struct { const float *bias, *residual; int gelu; } epilogue_t;
 
 /* One row's 4 accumulators (64 outputs), as named variables so that they stay in registers. */
 #define ACC_DECL(r) __m512i a##r##0 = _mm512_setzero_si512(), a##r##1 = _mm512_setzero_si512(), \
@@ -119,43 +128,47 @@ static inline void store16(__m512i acc, int n0, int m, int N, const int32_t *wsu
         }                                                                                             \
     }
 
+/* Outputs g*64 .. g*64+63 of every row: y = epilogue(x (M rows, quantised) · Wᵀ). */
+void itf_gemv_group(int g, const uint8_t *xq, const float *sx, const int32_t *zp, int M, int K, const int8_t *wp,
+                    const int32_t *wsum, const float *ws, int N, const epilogue_t *ep, float *y) {
+    int K4 = (K + 3) / 4, Kp = 4 * K4, m0 = 0;
+    for (; m0 + 4 <= M; m0 += 4) {
+        ACC_DECL(0) ACC_DECL(1) ACC_DECL(2) ACC_DECL(3)
+        GROUP_LOOP(1, ACC_STEP(0) ACC_STEP(1) ACC_STEP(2) ACC_STEP(3))
+        ACC_STORE(0) ACC_STORE(1) ACC_STORE(2) ACC_STORE(3)
+    }
+    if (M - m0 == 3) {
+        ACC_DECL(0) ACC_DECL(1) ACC_DECL(2)
+        GROUP_LOOP(1, ACC_STEP(0) ACC_STEP(1) ACC_STEP(2))
+        ACC_STORE(0) ACC_STORE(1) ACC_STORE(2)
+    } else if (M - m0 == 2) {
+        ACC_DECL(0) ACC_DECL(1)
+        GROUP_LOOP(1, ACC_STEP(0) ACC_STEP(1))
+        ACC_STORE(0) ACC_STORE(1)
+    } else if (M - m0 == 1) {
+        ACC_DECL(0)
+        GROUP_LOOP(0, ACC_STEP(0))
+        ACC_STORE(0)
+    }
+}
+
 /* y (M, N) = epilogue(LN?(x) (M, K) · Wᵀ): ln_w/ln_b (K) or NULL for no LayerNorm; ws, wsum, bias padded
-   to G*64 entries; residual (M, N) or NULL; gelu 0/1. Returns 0, or -1 when scratch memory is not
-   available. */
+   to G*64 entries; residual (M, N) or NULL (may be y itself); gelu 0/1. Returns 0, or -1 when scratch
+   memory is not available. */
 int itf_gemv_s8(const float *x, int M, int K, const float *ln_w, const float *ln_b, float ln_eps,
                 const int8_t *wp, const int32_t *wsum, const float *ws, const float *bias, int N,
                 const float *residual, int gelu, float *y) {
-    int K4 = (K + 3) / 4, Kp = 4 * K4, G = (N + 63) / 64;
-    epilogue_t epv = {bias, residual, gelu}, *ep = &epv;
+    int Kp = (K + 3) / 4 * 4, G = (N + 63) / 64;
+    epilogue_t ep = {bias, residual, gelu};
     uint8_t *xq = (uint8_t *)aligned_alloc(64, ((size_t)M * Kp + 63) / 64 * 64);
     float *sx = (float *)malloc(sizeof(float) * (size_t)M);
     int32_t *zp = (int32_t *)malloc(sizeof(int32_t) * (size_t)M);
     float *xn = ln_w ? (float *)malloc(sizeof(float) * (size_t)M * K) : NULL;
     if (!xq || !sx || !zp || (ln_w && !xn)) { free(xq); free(sx); free(zp); free(xn); return -1; }
-    if (ln_w) layer_norm_rows(x, M, K, ln_w, ln_b, ln_eps, xn);
-    quantize_rows(ln_w ? xn : x, M, K, Kp, xq, sx, zp);
+    if (ln_w) itf_layer_norm_rows(x, M, K, ln_w, ln_b, ln_eps, xn);
+    itf_quantize_rows(ln_w ? xn : x, M, K, Kp, xq, sx, zp);
     #pragma omp parallel for schedule(static)
-    for (int g = 0; g < G; g++) {
-        int m0 = 0;
-        for (; m0 + 4 <= M; m0 += 4) {
-            ACC_DECL(0) ACC_DECL(1) ACC_DECL(2) ACC_DECL(3)
-            GROUP_LOOP(1, ACC_STEP(0) ACC_STEP(1) ACC_STEP(2) ACC_STEP(3))
-            ACC_STORE(0) ACC_STORE(1) ACC_STORE(2) ACC_STORE(3)
-        }
-        if (M - m0 == 3) {
-            ACC_DECL(0) ACC_DECL(1) ACC_DECL(2)
-            GROUP_LOOP(1, ACC_STEP(0) ACC_STEP(1) ACC_STEP(2))
-            ACC_STORE(0) ACC_STORE(1) ACC_STORE(2)
-        } else if (M - m0 == 2) {
-            ACC_DECL(0) ACC_DECL(1)
-            GROUP_LOOP(1, ACC_STEP(0) ACC_STEP(1))
-            ACC_STORE(0) ACC_STORE(1)
-        } else if (M - m0 == 1) {
-            ACC_DECL(0)
-            GROUP_LOOP(0, ACC_STEP(0))
-            ACC_STORE(0)
-        }
-    }
+    for (int g = 0; g < G; g++) itf_gemv_group(g, xq, sx, zp, M, K, wp, wsum, ws, N, &ep, y);
     free(xq); free(sx); free(zp); free(xn);
     return 0;
 }
@@ -185,19 +198,13 @@ static inline __m512 hsum16(const __m512 *v) {
 /* out (S, H·d) fp32 = softmax(scale · q·Kᵀ + mask) · V for each row and head.
    q (S, H, d) fp32, rows q_stride floats apart; K, V: the layer's (H, cap, d) bf16 cache (head stride
    cap·d), first n keys used; mask (S, n) additive fp32 (0 / -inf) or NULL. d a multiple of 16 (<= 256),
-   S <= 8. Heads run in parallel; each key and value is read and converted once for all rows (scores of
-   16 keys at a time, reduced together); masked-out values are skipped. Returns 0, -1 when scratch memory
-   is not available, -2 for an unsupported shape. */
-int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride, int n,
-                    const float *mask, int S, int H, int d, float scale, float *out) {
-    if (d % 16 || d > 256 || S > 8 || S < 1) return -2;
-    float *scores = (float *)malloc(sizeof(float) * (size_t)H * S * (n + 16));
-    if (!scores) return -1;
+   S <= 8. Each key and value is read and converted once for all rows (scores of 16 keys at a time,
+   reduced together); masked-out values are skipped. One head h, sc: its scratch of S·(n + 16) floats: */
+void itf_attend_head(int h, const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride,
+                     int n, const float *mask, int S, int H, int d, float scale, float *sc, float *out) {
     int nv = d / 16;
-    #pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; h++) {
+    {
         const uint16_t *Kh = K + (size_t)h * head_stride, *Vh = V + (size_t)h * head_stride;
-        float *sc = scores + (size_t)h * S * (n + 16);
         __m512 qv[8][16];
         for (int r = 0; r < S; r++)
             for (int c = 0; c < nv; c++) qv[r][c] = _mm512_loadu_ps(q + (size_t)r * q_stride + (size_t)h * d + 16 * c);
@@ -266,6 +273,18 @@ int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint
             for (int c = 0; c < nv; c++)
                 _mm512_storeu_ps(out + ((size_t)r * H + h) * d + 16 * c, acc[r][c]);
     }
+}
+
+/* All heads, in parallel. Returns 0, -1 when scratch memory is not available, -2 for an unsupported shape. */
+int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride, int n,
+                    const float *mask, int S, int H, int d, float scale, float *out) {
+    if (d % 16 || d > 256 || S > 8 || S < 1) return -2;
+    float *scores = (float *)malloc(sizeof(float) * (size_t)H * S * (n + 16));
+    if (!scores) return -1;
+    #pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; h++)
+        itf_attend_head(h, q, q_stride, K, V, head_stride, n, mask, S, H, d, scale,
+                        scores + (size_t)h * S * (n + 16), out);
     free(scores);
     return 0;
 }

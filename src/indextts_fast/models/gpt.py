@@ -103,22 +103,14 @@ class GPT2MLP(nn.Module):
 
 
 class GPT2Block(nn.Module):
-    """`fused_step(block, x, attend, layer) -> Tensor | None`, when a precision mode sets one, is tried first
-    (precision.fused_int8_step: the int8 decode step as fused kernel calls); None falls back to the ops here."""
-
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim, eps=1e-5)
         self.attn = GPT2Attention(dim, heads)
         self.ln_2 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = GPT2MLP(dim)
-        self.fused_step: Optional[Callable] = None
 
     def forward(self, x: torch.Tensor, attend: Attend, layer: int) -> torch.Tensor:
-        if self.fused_step is not None:
-            out = self.fused_step(self, x, attend, layer)
-            if out is not None:
-                return out
         x = x + self.attn(self.ln_1(x), attend, layer)
         return x + self.mlp(self.ln_2(x))
 
