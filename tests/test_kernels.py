@@ -211,13 +211,34 @@ def test_dit_elementwise_kernels_match_float32_then_one_rounding():
 @needs_kernel
 def test_wavenet_gate_kernel_including_a_partial_vector():
     lib, g = kernels.load(), torch.Generator().manual_seed(6)
-    B, H, T = 2, 32, 37                                           # T % 16 != 0: masked tail
-    a = (torch.randn(B, 2 * H, T, generator=g) * 3).bfloat16()
-    cond = torch.randn(B, 5 * H, 1, generator=g).bfloat16()[:, H:3 * H]   # a strided slice, as WaveNet's
-    out = torch.empty(B, H, T, dtype=torch.bfloat16)
+    B, H, T = 2, 40, 37                                           # H % 16 != 0: masked tail
+    a = (torch.randn(B, T, 2 * H, generator=g) * 3).bfloat16()   # time-major
+    cond = torch.randn(B, 5 * H, generator=g).bfloat16()[:, H:3 * H]   # a strided slice, as WaveNet's
+    out = torch.empty(B, T, H, dtype=torch.bfloat16)
     lib.itf_wavenet_gate_bf16(a.data_ptr(), cond.data_ptr(), cond.stride(0), B, H, T, out.data_ptr())
-    x = a.float() + cond.float()
-    assert _ulps_bf16(out, torch.tanh(x[:, :H]) * torch.sigmoid(x[:, H:])) <= 1.0
+    x = a.float() + cond.float()[:, None]
+    assert _ulps_bf16(out, torch.tanh(x[..., :H]) * torch.sigmoid(x[..., H:])) <= 1.0
+
+
+@needs_kernel
+@pytest.mark.parametrize("T,lengths", [(37, None), (37, [37, 20]), (3, None)])   # T 3: too short to reflect
+def test_wavenet_time_major_path_matches_the_channel_major_one(T, lengths):
+    from indextts_fast.checkpoint import fold_weight_norm
+    from indextts_fast.models.dit import WaveNet
+
+    torch.manual_seed(T)
+    wn = fold_weight_norm(WaveNet(hidden=32, kernel_size=5, dilation_rate=2, n_layers=3, gin_channels=32))
+    wn = wn.to(torch.bfloat16)
+    x = torch.randn(2, T, 32).bfloat16()
+    g = torch.randn(2, 32, 1).bfloat16()
+    valid = None if lengths is None else (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).bfloat16()
+    with torch.inference_mode():
+        want = wn(x.transpose(1, 2), None if valid is None else valid[:, None], g).transpose(1, 2)
+        assert wn.time_major_ok(x) == (T > 8)                    # the last layer (dilation 4) pads 8 per side
+        if T > 8:
+            got = wn(x, None if valid is None else valid[..., None], g, time_major=True)
+            assert got.shape == want.shape
+            assert float((got.float() - want.float()).norm() / want.float().norm()) < 2e-2   # bf16 rounding
 
 
 @needs_kernel

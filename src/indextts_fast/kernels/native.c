@@ -348,23 +348,19 @@ void itf_adaln_rms_bf16(const uint16_t *x, const uint16_t *scale, const uint16_t
     }
 }
 
-/* WaveNet gate: out[b, c, t] = tanh(a[b, c, t] + g[b, c]) · sigmoid(a[b, H + c, t] + g[b, H + c]),
-   a (B, 2H, T) bf16 contiguous, g bf16 with batch stride gs (channel stride 1), out (B, H, T). */
+/* WaveNet gate, time-major: out[b, t, c] = tanh(a[b, t, c] + g[b, c]) · sigmoid(a[b, t, H + c] + g[b, H + c]),
+   a (B, T, 2H) bf16 contiguous, g bf16 with batch stride gs (channel stride 1), out (B, T, H). */
 void itf_wavenet_gate_bf16(const uint16_t *a, const uint16_t *g, long gs, int B, int H, int T, uint16_t *out) {
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
-        for (int c = 0; c < H; c++) {
-            const uint16_t *x1 = a + ((size_t)b * 2 * H + c) * T, *x2 = x1 + (size_t)H * T;
-            uint16_t *o = out + ((size_t)b * H + c) * T;
-            uint16_t gb1 = g[b * gs + c], gb2 = g[b * gs + H + c];
-            __m512 g1 = _mm512_castsi512_ps(_mm512_set1_epi32((int)gb1 << 16));
-            __m512 g2 = _mm512_castsi512_ps(_mm512_set1_epi32((int)gb2 << 16));
-            for (int t = 0; t < T; t += 16) {
-                __mmask16 m = T - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (T - t)) - 1);
-                __m512 u = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x1 + t)), 16));
-                __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x2 + t)), 16));
-                __m512 y = _mm512_mul_ps(tanh_ps(_mm512_add_ps(u, g1)), sigmoid_ps(_mm512_add_ps(v, g2)));
-                _mm256_mask_storeu_epi16(o + t, m, bf16_round(y));
+        for (int t = 0; t < T; t++) {
+            const uint16_t *x1 = a + ((size_t)b * T + t) * 2 * H, *x2 = x1 + H, *g1 = g + b * gs, *g2 = g1 + H;
+            uint16_t *o = out + ((size_t)b * T + t) * H;
+            for (int c = 0; c < H; c += 16) {
+                __mmask16 m = H - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (H - c)) - 1);
+                __m512 u = _mm512_add_ps(bf16_load_masked(x1 + c, m), bf16_load_masked(g1 + c, m));
+                __m512 v = _mm512_add_ps(bf16_load_masked(x2 + c, m), bf16_load_masked(g2 + c, m));
+                _mm256_mask_storeu_epi16(o + c, m, bf16_round(_mm512_mul_ps(tanh_ps(u), sigmoid_ps(v))));
             }
         }
 }

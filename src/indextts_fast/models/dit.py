@@ -278,13 +278,33 @@ class ReflectConv1d(nn.Module):
         total = (kernel_size - 1) * dilation
         self.pad = (total - total // 2, total // 2)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, time_major: bool = False) -> Tensor:
+        """x (B, C, T) -> (B, C', T); `time_major`: (B, T, C) -> (B, T, C') (needs T > the padding)."""
         conv = self.conv.conv
         if conv.kernel_size[0] == 1:  # a batched matrix product (torch's 1×1 conv path is slow on CPU)
+            if time_major:
+                return F.linear(x, conv.weight[:, :, 0], conv.bias)
             if x.shape[-1] == 1:  # one frame (the global condition): a plain GEMV, no per-sample weight copy
                 return F.linear(x[..., 0], conv.weight[:, :, 0], conv.bias).unsqueeze(-1)
             return torch.baddbmm(conv.bias[:, None], conv.weight[:, :, 0].expand(x.shape[0], -1, -1), x)
-        return conv(reflect_pad(x, *self.pad))
+        if not time_major:
+            return conv(reflect_pad(x, *self.pad))
+        # the reflection as one gather along time, then oneDNN's channels-last conv: (B, C, 1, T) in
+        # channels-last memory IS the time-major tensor, so neither the input nor the output is reordered
+        T, (left, right) = x.shape[1], self.pad
+        index = torch.cat([torch.arange(left, 0, -1), torch.arange(T), torch.arange(T - 2, T - 2 - right, -1)])
+        y = F.conv2d(x[:, index].transpose(1, 2).unsqueeze(2), self._channels_last_weight(), conv.bias,
+                     dilation=(1, conv.dilation[0]))
+        return y.squeeze(2).transpose(1, 2)
+
+    def _channels_last_weight(self) -> Tensor:
+        """The weight as (C', C, 1, k) in channels-last memory, made once while the weight is unchanged."""
+        w = self.conv.conv.weight
+        key = (w.data_ptr(), w.dtype)
+        if getattr(self, "_weight_key", None) != key:
+            self._weight_cl = w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            self._weight_key = key
+        return self._weight_cl
 
 
 class WaveNet(nn.Module):
@@ -301,28 +321,41 @@ class WaveNet(nn.Module):
         self.res_skip_layers = nn.ModuleList(
             ReflectConv1d(hidden, 2 * hidden if i < n_layers - 1 else hidden, 1) for i in range(n_layers))
 
-    def forward(self, x: Tensor, mask: Optional[Tensor], g: Tensor) -> Tensor:
+    def time_major_ok(self, x: Tensor) -> bool:
+        """Whether x (B, T, H) can take the time-major path: a bf16 CPU stage with the C kernels (the gate) and
+        T longer than every padding (shorter inputs need the official zero-append quirk: channel-major)."""
+        return lowp_kernels(x, whole_vectors=False) is not None and \
+            x.shape[1] > max(max(layer.pad) for layer in self.in_layers)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor], g: Tensor, time_major: bool = False) -> Tensor:
+        """x (B, H, T), mask (B, 1, T) or None -> (B, H, T). `time_major` (`time_major_ok`): x (B, T, H), mask
+        (B, T, 1) -> (B, T, H): channels-last convolutions and the gate as one C pass (bf16 stages)."""
         H = self.hidden
         g = self.cond_layer(g)
+        channels = (lambda t, lo, hi: t[..., lo:hi]) if time_major else (lambda t, lo, hi: t[:, lo:hi])
         output: Optional[Tensor] = None
         for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers)):
-            a, gi = in_layer(x), g[:, 2 * i * H: 2 * (i + 1) * H]
-            lib = lowp_kernels(a, whole_vectors=False)
-            if lib is not None and gi.dtype == a.dtype and gi.stride(1) == 1:
-                acts = a.new_empty(a.shape[0], H, a.shape[2])
-                lib.itf_wavenet_gate_bf16(a.data_ptr(), gi.data_ptr(), gi.stride(0), a.shape[0], H, a.shape[2],
-                                          acts.data_ptr())
-            else:
-                a.add_(gi)
-                acts = a[:, :H].tanh_().mul_(a[:, H:].sigmoid_())  # tanh(a1)·sigmoid(a2), in place
-            rs = res_skip(acts)
-            skip = rs[:, H:] if i < self.n_layers - 1 else rs
+            acts = self._gate(in_layer(x, time_major), g[:, 2 * i * H: 2 * (i + 1) * H], time_major)
+            rs = res_skip(acts, time_major)
+            skip = channels(rs, H, 2 * H) if i < self.n_layers - 1 else rs
             output = skip if output is None else output + skip  # official starts from zeros: 0 + a == a
             if i < self.n_layers - 1:
-                x = x + rs[:, :H]
+                x = x + channels(rs, 0, H)
                 if mask is not None:
                     x = x * mask
         return output if mask is None else output * mask
+
+    def _gate(self, a: Tensor, gi: Tensor, time_major: bool) -> Tensor:
+        """tanh(a1 + g1)·sigmoid(a2 + g2) of the two channel halves; gi (B, 2H, 1)."""
+        H = self.hidden
+        if time_major:   # kernels/native.c: (B, T, 2H) -> (B, T, H), fp32 inside, rounded once
+            gi = gi[..., 0].to(a.dtype)
+            acts = a.new_empty(a.shape[0], a.shape[1], H)
+            lowp_kernels(a, whole_vectors=False).itf_wavenet_gate_bf16(
+                a.data_ptr(), gi.data_ptr(), gi.stride(0), a.shape[0], H, a.shape[1], acts.data_ptr())
+            return acts
+        a.add_(gi)
+        return a[:, :H].tanh_().mul_(a[:, H:].sigmoid_())  # in place
 
 
 class FinalLayer(nn.Module):
@@ -390,9 +423,14 @@ class DiT(nn.Module):
         valid = sequence_mask(x_lens, T) if bool((x_lens < T).any()) else None
         h = self.transformer(h, t1.unsqueeze(1), None if valid is None else valid[:, None, None, :])
         x_res = self.skip_linear(torch.cat([h, xt], dim=-1))
-        y = self.conv1(x_res).transpose(1, 2)
-        wn_mask = None if valid is None else valid[:, None, :].to(y.dtype)
-        y = self.wavenet(y, wn_mask, self.t_embedder2(t).unsqueeze(2)).transpose(1, 2) + self.res_projection(x_res)
+        y = self.conv1(x_res)   # (B', T, H): time-major
+        g = self.t_embedder2(t).unsqueeze(2)
+        if self.wavenet.time_major_ok(y):
+            y = self.wavenet(y, None if valid is None else valid[:, :, None].to(y.dtype), g, time_major=True)
+        else:
+            wn_mask = None if valid is None else valid[:, None, :].to(y.dtype)
+            y = self.wavenet(y.transpose(1, 2), wn_mask, g).transpose(1, 2)
+        y = y + self.res_projection(x_res)
         y = self.final_layer(y, t1)
         # conv2 is a 1×1 Conv1d: applied as a Linear on the time-major y, then viewed as (B', 80, T)
         return F.linear(y, self.conv2.weight[:, :, 0], self.conv2.bias).transpose(1, 2)
