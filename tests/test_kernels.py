@@ -261,6 +261,44 @@ def test_anti_aliased_snake_kernel_matches_the_torch_formulation(channels, T, be
     assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max())   # fp32, other summation order
 
 
+@needs_kernel
+@pytest.mark.parametrize("channels,T", [(16, 37), (24, 300), (5, 3)])   # channel tail; T shorter than a tap span
+def test_time_major_snake_kernel_matches_the_channel_row_kernel(channels, T):
+    """Same fp32 sums in the same order on a bf16 input: equal up to the final bf16 rounding."""
+    from indextts_fast.models.bigvgan import AntiAliasedActivation
+
+    g = torch.Generator().manual_seed(channels + T)
+    m = AntiAliasedActivation(channels, True, True)
+    with torch.no_grad():
+        m.act.alpha.copy_(0.5 * torch.randn(channels, generator=g))
+        m.act.beta.copy_(0.5 * torch.randn(channels, generator=g))
+    x = (3 * torch.randn(2, channels, T, generator=g)).bfloat16()
+    m.native = kernels.load()
+    want = m.padded(x.float())[..., :T]                                     # fp32, channel rows
+    got = m.time_major(x.transpose(1, 2).contiguous())
+    assert got.dtype == torch.bfloat16 and got.shape == (2, T, channels)
+    assert torch.equal(got.transpose(1, 2), want.bfloat16())
+
+
+@needs_kernel
+def test_bigvgan_time_major_path_matches_the_channel_major_one(tiny_dir):
+    from indextts_fast.config import ModelFolder
+    from indextts_fast.models.bigvgan import BigVGAN
+    from indextts_fast.precision import autocast, cast_weights_, prepare_vocoder_
+
+    voc = prepare_vocoder_(BigVGAN.from_folder(ModelFolder(tiny_dir)), "bf16")
+    cast_weights_(voc, "bf16")
+    mel = torch.randn(1, 80, 40, generator=torch.Generator().manual_seed(0)) - 4
+    assert voc.time_major_ok(mel)
+    with torch.inference_mode(), autocast(torch.device("cpu"), "bf16"):
+        got = voc(mel).float()
+        voc.time_major_ok = lambda m: False
+        want = voc(mel).float()
+    assert got.shape == want.shape
+    snr = 10 * torch.log10(want.pow(2).sum() / (got - want).pow(2).sum())
+    assert snr > 35, f"time-major vs channel-major bf16 vocoder: {snr:.1f} dB"
+
+
 def test_a_failing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("INDEXTTS_FAST_HOME", str(tmp_path))   # nothing built there yet
     monkeypatch.setenv("CC", "false")                          # a "compiler" that always fails

@@ -18,7 +18,8 @@
 - `itf_attention_amx_bf16` (attention_amx.c): the DiT's non-causal attention (head width 64) on AMX tiles,
   used only where the CPU has AMX-BF16 and Linux grants the tile state (`lib.amx`).
 - `itf_aa_snake`: BigVGAN's anti-aliased Snake activation (up-sample ×2, Snake, down-sample ×2) per
-  channel row in one pass, fp32 arithmetic, for the bf16 vocoder stage.
+  channel row in one pass, fp32 arithmetic; `itf_aa_snake_tm_bf16`: the same on a time-major bf16 signal,
+  16 channels per vector (the bf16 vocoder stage runs time-major).
 All run on torch's OpenMP pool (same libgomp). None is used by the fp32 (parity) path.
 
 `load()` returns the loaded library, or None — and the callers then use torch's / fbgemm's kernels — when
@@ -123,6 +124,8 @@ def load() -> Optional[ctypes.CDLL]:
     lib.itf_wavenet_gate_bf16.argtypes = [u16, u16, ctypes.c_long, i32, i32, i32, u16]
     lib.itf_aa_snake.restype = ctypes.c_int   # x, rows, T, alpha, 1/beta, 2·up filter, down filter, Tp, out
     lib.itf_aa_snake.argtypes = [ptr, ctypes.c_long, i32, ptr, ptr, ptr, ptr, i32, ptr]
+    lib.itf_aa_snake_tm_bf16.restype = ctypes.c_int   # x, B, T, C, alpha, 1/beta, 2·up filter, down filter, out
+    lib.itf_aa_snake_tm_bf16.argtypes = [u16, i32, i32, i32, ptr, ptr, ptr, ptr, u16]
     lib.itf_quantize_u8.restype = None    # x, n, out, &scale, &zero point
     lib.itf_quantize_u8.argtypes = [ptr, ctypes.c_long, ptr, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(i32)]
     amx = lib.itf_attention_amx_bf16

@@ -441,6 +441,50 @@ int itf_aa_snake(const float *x, long R, int T, const float *alpha, const float 
     return failed ? -1 : 0;
 }
 
+/* The same activation on a time-major bf16 signal x (B, T, C) -> out (B, T, C) bf16 (fp32 arithmetic, the
+   same sums in the same order, one rounding at the end), 16 channels per vector: alpha, inv_beta (C) fp32.
+   Outputs are made in chunks of AA_CHUNK samples, each from the chunk's 2·AA_CHUNK + 12 up-sampled values
+   (kept in a scratch of 16-channel vectors). Returns 0, or -1 when scratch memory is not available. */
+#define AA_CHUNK 128
+int itf_aa_snake_tm_bf16(const uint16_t *x, int B, int T, int C, const float *alpha, const float *inv_beta,
+                         const float *up2, const float *down, uint16_t *out) {
+    int blocks = (C + 15) / 16, chunks = (T + AA_CHUNK - 1) / AA_CHUNK, failed = 0;
+    #pragma omp parallel
+    {
+        __m512 *z = (__m512 *)aligned_alloc(64, sizeof(__m512) * (2 * AA_CHUNK + 12));
+        #pragma omp for collapse(2) schedule(static)
+        for (int bc = 0; bc < B * blocks; bc++)
+            for (int ch = 0; ch < chunks; ch++) {
+                if (!z) { failed = 1; continue; }
+                int b = bc / blocks, c0 = (bc % blocks) * 16, t0 = ch * AA_CHUNK;
+                int t1 = t0 + AA_CHUNK < T ? t0 + AA_CHUNK : T;
+                __mmask16 m = C - c0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c0)) - 1);
+                const uint16_t *xb = x + (size_t)b * T * C + c0;
+                __m512 a = _mm512_maskz_loadu_ps(m, alpha + c0), ib = _mm512_maskz_loadu_ps(m, inv_beta + c0);
+                /* z[j] for j = 2·t0 − 5 .. 2·t1 + 5, the up-sampled index clamped to [0, 2T − 1] (replicate) */
+                for (int j = 2 * t0 - 5; j <= 2 * t1 + 6; j++) {
+                    int jj = j < 0 ? 0 : (j > 2 * T - 1 ? 2 * T - 1 : j), i = jj >> 1;
+                    __m512 u = _mm512_setzero_ps();
+                    for (int k = 0; k < 6; k++) {   /* u[2i] = Σ up2[2k+1]·x[i+2−k], u[2i+1] = Σ up2[2k]·x[i+3−k] */
+                        int t = i + (jj & 1) + 2 - k;
+                        t = t < 0 ? 0 : (t > T - 1 ? T - 1 : t);
+                        u = _mm512_fmadd_ps(_mm512_set1_ps(up2[2 * k + 1 - (jj & 1)]),
+                                            bf16_load_masked(xb + (size_t)t * C, m), u);
+                    }
+                    z[j - (2 * t0 - 5)] = _mm512_add_ps(u, _mm512_mul_ps(sin2_ps(_mm512_mul_ps(u, a)), ib));
+                }
+                for (int i = t0; i < t1; i++) {   /* out[i] = Σ down[k]·z[2i + k − 5] */
+                    __m512 acc = _mm512_setzero_ps();
+                    for (int k = 0; k < 12; k++)
+                        acc = _mm512_fmadd_ps(_mm512_set1_ps(down[k]), z[2 * (i - t0) + k], acc);
+                    _mm256_mask_storeu_epi16(out + ((size_t)b * T + i) * C + c0, m, bf16_round(acc));
+                }
+            }
+        free(z);
+    }
+    return failed ? -1 : 0;
+}
+
 /* ---- per-tensor asymmetric uint8 quantisation (the activations of the many-row int8 GEMM) ----------- */
 
 /* out = clamp(round(x / scale) + zp, 0, 255) with scale = (max(x, 0) − min(x, 0)) / 255 (1 when x is all

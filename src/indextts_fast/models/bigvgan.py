@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..checkpoint import fold_weight_norm, load_strict, load_torch_file, state_dict_mismatches, weight_norm_layout
 from ..config import ModelFolder
 from ..errors import CheckpointError, ModelFolderError
+from .timemajor import conv1d_time_major
 
 FILTER_TAPS = 12  # official Activation1d: up/down kernel 12, ratio 2
 
@@ -189,17 +190,34 @@ class AntiAliasedActivation(nn.Module):
 
     native = None  # the C kernel library, set by precision.prepare_vocoder_ for a reduced-precision vocoder
 
+    def _kernel_filters(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """α and 1/β per channel, the up-sampling filter ×2 and the down-sampling filter: fp32, contiguous."""
+        alpha, inv_beta = (c.float().contiguous() for c in self.act.coefficients())
+        up = (2 * self.upsample.filter.reshape(-1)).float().contiguous()
+        return alpha, inv_beta, up, self.downsample.lowpass.filter.reshape(-1).float().contiguous()
+
     def _padded_native(self, x: Tensor) -> Tensor:
         """`padded` as one C pass per channel row (kernels/native.c `itf_aa_snake`, fp32 arithmetic)."""
         B, C, T = x.shape
         n = -(-(T + 3) // BLOCK)
-        alpha, inv_beta = (c.float().repeat(B).contiguous() for c in self.act.coefficients())
-        up = (2 * self.upsample.filter.reshape(-1)).float().contiguous()
-        down = self.downsample.lowpass.filter.reshape(-1).float().contiguous()
+        alpha, inv_beta, up, down = self._kernel_filters()
+        alpha, inv_beta = alpha.repeat(B), inv_beta.repeat(B)   # per row
         x = x.contiguous()
         out = x.new_empty(B, C, n * BLOCK)
         if self.native.itf_aa_snake(x.data_ptr(), B * C, T, alpha.data_ptr(), inv_beta.data_ptr(), up.data_ptr(),
                                     down.data_ptr(), n * BLOCK, out.data_ptr()):
+            raise MemoryError("anti-aliased activation kernel: no scratch memory")
+        return out
+
+    def time_major(self, x: Tensor) -> Tensor:
+        """The activation of a bf16 time-major x (B, T, C) -> (B, T, C) bf16 (`itf_aa_snake_tm_bf16`: the
+        same fp32 arithmetic, rounded once); needs `native` (a reduced-precision vocoder on the CPU)."""
+        B, T, C = x.shape
+        alpha, inv_beta, up, down = self._kernel_filters()
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        if self.native.itf_aa_snake_tm_bf16(x.data_ptr(), B, T, C, alpha.data_ptr(), inv_beta.data_ptr(),
+                                            up.data_ptr(), down.data_ptr(), out.data_ptr()):
             raise MemoryError("anti-aliased activation kernel: no scratch memory")
         return out
 
@@ -273,7 +291,13 @@ class AMPBlock1(nn.Module):
             AntiAliasedActivation(channels, cfg.activation == "snakebeta", cfg.snake_logscale)
             for _ in range(2 * len(dilations)))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, time_major: bool = False) -> Tensor:
+        """x (B, C, T); `time_major` (the bf16 kernel path, BigVGAN.time_major_ok): x (B, T, C) bf16."""
+        if time_major:
+            for j, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+                xt = conv1d_time_major(c1, self.activations[2 * j].time_major(x))
+                x = conv1d_time_major(c2, self.activations[2 * j + 1].time_major(xt)) + x
+            return x
         T = x.shape[-1]
         for j, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
             # activations return zero-padded signals: the convs run on them and their first T samples are kept
@@ -303,16 +327,32 @@ class BigVGAN(nn.Module):
     def hop_length(self) -> int:
         return math.prod(self.cfg.upsample_rates)
 
+    def time_major_ok(self, mel: Tensor) -> bool:
+        """Whether the time-major path runs: a bf16 vocoder on the CPU with the C kernels (set by
+        precision.prepare_vocoder_) and the 12-tap resampling filters the kernel is written for."""
+        act = self.activation_post
+        return act.native is not None and mel.device.type == "cpu" and self.conv_pre.weight.dtype == torch.bfloat16 \
+            and act.upsample.filter.numel() == 12 and act.downsample.lowpass.filter.numel() == 12
+
     def forward(self, mel: Tensor) -> Tensor:
-        x = self.conv_pre(mel)
+        """mel (B, 80, frames) -> (B, 1, frames·hop). bf16 CPU stages run time-major (`time_major_ok`):
+        channels-last convolutions and the activation kernel on (B, T, C), no layout changes in between."""
+        tm = self.time_major_ok(mel)
+        if tm:
+            x = conv1d_time_major(self.conv_pre, mel.transpose(1, 2).contiguous().to(self.conv_pre.weight.dtype))
+        else:
+            x = self.conv_pre(mel)
         n = len(self.cfg.resblock_kernel_sizes)
         for i, (up,) in enumerate(self.ups):
-            x = up(x)
-            xs = self.resblocks[i * n](x)
+            x = conv1d_time_major(up, x) if tm else up(x)
+            xs = self.resblocks[i * n](x, tm)
             for j in range(1, n):
-                xs += self.resblocks[i * n + j](x)
+                xs += self.resblocks[i * n + j](x, tm)
             x = xs / n
-        x = self.conv_post(self.activation_post.padded(x))[..., :x.shape[-1]]
+        if tm:
+            x = conv1d_time_major(self.conv_post, self.activation_post.time_major(x)).transpose(1, 2)
+        else:
+            x = self.conv_post(self.activation_post.padded(x))[..., :x.shape[-1]]
         return torch.tanh(x) if self.cfg.use_tanh_at_final else torch.clamp(x, min=-1.0, max=1.0)
 
     # ---- loading --------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..checkpoint import weight_norm_layout
 from ..config import S2MelSettings
 from ..errors import ModelFolderError, OptionError
+from .timemajor import conv1d_time_major
 
 BLOCK_SIZE = 16384  # official DiT hard-codes the RoPE table length and input_pos (config block_size ignored)
 
@@ -289,22 +290,10 @@ class ReflectConv1d(nn.Module):
             return torch.baddbmm(conv.bias[:, None], conv.weight[:, :, 0].expand(x.shape[0], -1, -1), x)
         if not time_major:
             return conv(reflect_pad(x, *self.pad))
-        # the reflection as one gather along time, then oneDNN's channels-last conv: (B, C, 1, T) in
-        # channels-last memory IS the time-major tensor, so neither the input nor the output is reordered
+        # the reflection as one gather along time, then a time-major (channels-last) conv: no reorders
         T, (left, right) = x.shape[1], self.pad
         index = torch.cat([torch.arange(left, 0, -1), torch.arange(T), torch.arange(T - 2, T - 2 - right, -1)])
-        y = F.conv2d(x[:, index].transpose(1, 2).unsqueeze(2), self._channels_last_weight(), conv.bias,
-                     dilation=(1, conv.dilation[0]))
-        return y.squeeze(2).transpose(1, 2)
-
-    def _channels_last_weight(self) -> Tensor:
-        """The weight as (C', C, 1, k) in channels-last memory, made once while the weight is unchanged."""
-        w = self.conv.conv.weight
-        key = (w.data_ptr(), w.dtype)
-        if getattr(self, "_weight_key", None) != key:
-            self._weight_cl = w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            self._weight_key = key
-        return self._weight_cl
+        return conv1d_time_major(conv, x[:, index], padding=0)
 
 
 class WaveNet(nn.Module):
