@@ -8,6 +8,7 @@ from pathlib import Path
 
 import json
 
+import indextts_fast  # noqa: F401  (first: it sets up oneMKL before torch loads; see mkl_vendor.py)
 import pytest
 import torch
 from safetensors.torch import load_file

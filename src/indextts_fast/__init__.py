@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from . import mkl_vendor
+
+mkl_vendor.enable()  # before torch is loaded (see mkl_vendor.py)
+
 from .errors import (  # noqa: F401  (re-exported: the public error types)
     AudioError,
     CheckpointError,

@@ -45,8 +45,8 @@ import torch
 from safetensors.torch import load_file, save
 
 from .errors import IndexTTSFastError, OptionError
+from .paths import HOME_ENV, default_store_dir  # noqa: F401  (re-exported)
 
-HOME_ENV = "INDEXTTS_FAST_HOME"
 # Tests only: seconds to sleep after an entry's file is in place and before its row is committed.
 PAUSE_ENV = "INDEXTTS_FAST_TEST_PAUSE_BEFORE_COMMIT"
 # How error messages tell the user to see the registered ids (the CLI may set its own command here).
@@ -145,20 +145,6 @@ class ClipRecord:
     duration_s: Optional[float]
     tensors: dict[str, TensorSpec]
     file: str
-
-
-def default_store_dir() -> Path:
-    """The data folder used when none is given: $INDEXTTS_FAST_HOME, else the user's cache folder +
-    indextts-fast (~/.cache/indextts-fast on Linux, ~/Library/Caches/indextts-fast, %LOCALAPPDATA%\\...)."""
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "indextts-fast"
 
 
 def sha256_of(data: Union[bytes, str, os.PathLike]) -> str:

@@ -52,17 +52,13 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeat: int =
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .. import mkl_vendor
+    from ..kernels import cpuinfo
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "load_avg_1m": load}
+    return {"cpu": cpuinfo("model name") or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "load_avg_1m": load,
+            "mkl_code_paths": mkl_vendor.STATE}
 
 
 def table(rows: Iterable[dict], columns: Sequence[tuple[str, str, str]]) -> str:
@@ -87,7 +83,7 @@ def find_model_dir(explicit: str | None, needs: str, what: str):
     """The full-size folder to time: --model-dir, else $INDEXTTS_FAST_FULLSIZE, else the full-size random
     model that `indextts-fast profile` makes in the data folder (random-full-seed0), the first holding `needs`."""
     from ..errors import IndexTTSFastError
-    from ..speakers import default_store_dir
+    from ..paths import default_store_dir
 
     make = "indextts-fast make-checkpoint DIR --size full"
     if explicit:

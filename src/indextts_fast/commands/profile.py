@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Engine
     from ..presets import resolve
     from ..profiling import STAGES, run_statistics
-    from ..speakers import default_store_dir
+    from ..paths import default_store_dir
 
     if args.runs < 1 or args.warmup < 0:
         raise OptionError("--runs must be >= 1 and --warmup >= 0")

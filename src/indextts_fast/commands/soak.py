@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import OptionError
     from ..presets import resolve
     from ..soak import Limits, default_voices, format_summary, parse_allow, run_soak, write_report
-    from ..speakers import default_store_dir
+    from ..paths import default_store_dir
 
     if args.runs < 1:
         raise OptionError("--runs must be >= 1")

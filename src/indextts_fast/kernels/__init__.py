@@ -46,12 +46,17 @@ CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")   # attention_amx.c (compiled for them per function)
 
 
-def _cpu_flags() -> list[str]:
+def cpuinfo(field: str) -> str:
+    """The first `field` line of /proc/cpuinfo ("flags", "vendor_id", "model name"), "" where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return []
-    return next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.split(":", 1)[0].strip() == field), "")
+
+
+def _cpu_flags() -> list[str]:
+    return cpuinfo("flags").split()
 
 
 def cpu_supports(flags=CPU_FLAGS) -> bool:
@@ -66,7 +71,8 @@ def _compiler() -> Optional[str]:
     return None
 
 
-def _build(sources: dict[str, bytes], target: Path) -> None:
+def build(sources: dict[str, bytes], target: Path, flags=FLAGS) -> None:
+    """Compile the .c files of `sources` (name -> text; headers beside them) into the shared object `target`."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc)")
@@ -76,7 +82,7 @@ def _build(sources: dict[str, bytes], target: Path) -> None:
             (Path(tmp) / name).write_bytes(text)
         out = target.parent / f".{target.name}.{os.getpid()}.tmp"   # same file system as the target
         units = [str(Path(tmp) / name) for name in sources if name.endswith(".c")]
-        proc = subprocess.run([cc, *FLAGS, "-o", str(out), *units], capture_output=True, text=True)
+        proc = subprocess.run([cc, *flags, "-o", str(out), *units], capture_output=True, text=True)
         if proc.returncode:
             out.unlink(missing_ok=True)
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
@@ -88,7 +94,7 @@ def load() -> Optional[ctypes.CDLL]:
     """The kernel library, built and loaded once per process; None when unavailable (see module doc)."""
     import torch  # noqa: F401  (torch's libgomp must be loaded first so the kernel shares its thread pool)
 
-    from ..speakers import default_store_dir
+    from ..paths import default_store_dir
 
     if os.environ.get("INDEXTTS_FAST_KERNELS", "1") == "0" or not cpu_supports():
         return None
@@ -97,7 +103,7 @@ def load() -> Optional[ctypes.CDLL]:
     target = default_store_dir() / "kernels" / f"native-{digest}.so"
     try:
         if not target.exists():
-            _build(sources, target)
+            build(sources, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError) as e:
         import warnings
