@@ -75,6 +75,28 @@ def test_cfm_noise_generator_and_options(tiny_dir, tiny_s2mel):
         cfm.inference(mu, x_lens, prompt, style, 0, noise=noise)
 
 
+def test_dit_skips_only_frames_nobody_reads(tiny_s2mel):
+    # from_frame: the velocity of frames from_frame.. equals the full call's (the WaveNet head gets enough
+    # left context), with and without padded frames (x_lens < T), including slices shorter than the context
+    est = tiny_s2mel.cfm.estimator
+    C, W = est.in_channels, est.cond_projection.in_features
+    style_dim = est.cond_x_merge_linear.in_features - 2 * C - est.transformer.layers[0].attention.wo.weight.shape[0]
+    g, T = torch.Generator().manual_seed(0), 60
+    x, prompt_x = torch.randn(2, C, T, generator=g), torch.randn(2, C, T, generator=g)
+    mu, style, t = torch.randn(2, T, W, generator=g), torch.randn(2, style_dim, generator=g), torch.tensor([0.3, 0.6])
+    assert est.head_context() > 0
+    for lens in (T, T - 7):
+        full = est(x, prompt_x, torch.tensor([lens]), t, style, mu)
+        for first in (1, est.head_context(), 25, T - 3, T - 1):
+            part = est(x, prompt_x, torch.tensor([lens]), t, style, mu, from_frame=first)
+            assert part.shape == (2, C, T - first)
+            torch.testing.assert_close(part, full[..., first:], rtol=0, atol=2e-6)
+        assert est(x, prompt_x, torch.tensor([lens]), t, style, mu, from_frame=T).shape == (2, C, 0)
+    for bad in (-1, T + 1):
+        with pytest.raises(OptionError, match="from_frame"):
+            est(x, prompt_x, torch.tensor([T]), t, style, mu, from_frame=bad)
+
+
 def test_real_layout_matches_official_listing(assets_dir, reference_root, tmp_path):
     folder = copy_folder(assets_dir, tmp_path)  # real config.yaml, no overrides -> real hard-coded widths
     with torch.device("meta"):

@@ -40,8 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: fp32, bf16 (default both, side by side; bf16 = the engine's bf16 stage)")
 
 
-def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch.Tensor, batch: int) -> float:
-    """FLOPs of one estimator call on a batch of `batch` (CFG: 2): counted matmuls/convs + attention."""
+def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch.Tensor, batch: int,
+               from_frame: int = 0) -> float:
+    """FLOPs of one estimator call on a batch of `batch` (CFG: 2) asked for the frames from `from_frame` on
+    (the flow matching skips the prompt's): counted matmuls/convs + attention."""
     from torch.utils.flop_counter import FlopCounterMode
 
     T = mu.shape[1]
@@ -49,7 +51,7 @@ def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         estimator(x, prompt_x.expand(batch, -1, -1), torch.tensor([T]), torch.zeros(batch),
-                  style.expand(batch, -1), mu.expand(batch, -1, -1))
+                  style.expand(batch, -1), mu.expand(batch, -1, -1), from_frame)
     layers = estimator.transformer.layers
     dim = layers[0].attention.wo.weight.shape[0]
     attention = len(layers) * 4 * batch * T * T * dim  # q·kᵀ and p·v (the CPU flash kernel is not counted)
@@ -119,7 +121,7 @@ def _case(model, args, precision, context, codes, T, mu, prompt, style, prompt_f
         times = [t / args.steps for t in timed(solve, args.repeat, warmup=1)]
         prompt_x = torch.zeros(1, model.cfm.estimator.in_channels, T)
         prompt_x[..., :prompt_frames] = prompt
-        flops = step_flops(model.cfm.estimator, mu, prompt_x, style, 2 if args.cfg_rate > 0 else 1)
+        flops = step_flops(model.cfm.estimator, mu, prompt_x, style, 2 if args.cfg_rate > 0 else 1, prompt_frames)
     s = statistics.median(times)
     return {"precision": precision, "case": f"{args.prompt_seconds:g} s prompt + {codes} codes", "codes": codes,
             "prompt_frames": prompt_frames, "target_frames": T - prompt_frames, "T": T,

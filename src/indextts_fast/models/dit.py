@@ -402,8 +402,21 @@ class DiT(nn.Module):
         self.skip_linear = nn.Linear(D + C, D)
         self.cond_x_merge_linear = nn.Linear(D + 2 * C + style_dim, D)
 
-    def forward(self, x: Tensor, prompt_x: Tensor, x_lens: Tensor, t: Tensor, style: Tensor, mu: Tensor) -> Tensor:
+    def head_context(self) -> int:
+        """Frames of left context the WaveNet head reads (the sum of its convolutions' left paddings): its
+        output at frame j depends on its input from frame j - head_context() on."""
+        return sum(layer.pad[0] for layer in self.wavenet.in_layers)
+
+    def forward(self, x: Tensor, prompt_x: Tensor, x_lens: Tensor, t: Tensor, style: Tensor, mu: Tensor,
+                from_frame: int = 0) -> Tensor:
+        """Velocity (B', 80, T - from_frame) of frames from_frame..T-1. The flow matching discards the
+        prompt's frames, so it asks only for the rest: the transformer still attends over every frame, and
+        the part after it, which is position-wise or local (long skip, WaveNet head, final layer), runs on
+        frames from `from_frame - head_context()` on, enough context for the frames returned to be computed
+        from the same inputs by the same operations as in a full call (the official one computes all)."""
         B, _, T = x.shape
+        if not 0 <= from_frame <= T:
+            raise OptionError(f"from_frame must be in 0..{T}, got {from_frame}")
         t1 = self.t_embedder(t)
         xt = x.transpose(1, 2)
         h = torch.cat([xt, prompt_x.transpose(1, 2), self.cond_projection(mu), style[:, None, :].expand(B, T, -1)], -1)
@@ -411,6 +424,9 @@ class DiT(nn.Module):
         # Key mask from x_lens (official: a (1, 1, T, T) boolean mask). All-valid -> no mask at all.
         valid = sequence_mask(x_lens, T) if bool((x_lens < T).any()) else None
         h = self.transformer(h, t1.unsqueeze(1), None if valid is None else valid[:, None, None, :])
+        first = max(0, from_frame - self.head_context())   # the tail runs on frames first..T-1
+        if first:
+            h, xt, valid = h[:, first:], xt[:, first:], None if valid is None else valid[:, first:]
         x_res = self.skip_linear(torch.cat([h, xt], dim=-1))
         y = self.conv1(x_res)   # (B', T, H): time-major
         g = self.t_embedder2(t).unsqueeze(2)
@@ -422,4 +438,4 @@ class DiT(nn.Module):
         y = y + self.res_projection(x_res)
         y = self.final_layer(y, t1)
         # conv2 is a 1×1 Conv1d: applied as a Linear on the time-major y, then viewed as (B', 80, T)
-        return F.linear(y, self.conv2.weight[:, :, 0], self.conv2.bias).transpose(1, 2)
+        return F.linear(y[:, from_frame - first:], self.conv2.weight[:, :, 0], self.conv2.bias).transpose(1, 2)

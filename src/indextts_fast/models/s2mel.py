@@ -133,17 +133,18 @@ class FlowMatching(nn.Module):
             style = torch.cat([style, torch.zeros_like(style)])
             mu = torch.cat([mu, torch.zeros_like(mu)])
         t = t_span[0]
+        # The official update is x = x + dt·v, then x[..., :prompt_len] = 0: the prompt frames stay 0 and
+        # their velocity is never used, so only the other frames' is computed (DiT.forward's from_frame).
         for step in range(1, n_steps + 1):
             dt = t_span[step] - t_span[step - 1]
             if cfg_rate > 0:
-                v = self.estimator(torch.cat([x, x]), prompt_x, x_lens, t.expand(2 * B), style, mu)
+                v = self.estimator(torch.cat([x, x]), prompt_x, x_lens, t.expand(2 * B), style, mu, prompt_len)
                 v_cond, v_uncond = v.chunk(2, dim=0)
                 v = (1.0 + cfg_rate) * v_cond - cfg_rate * v_uncond
             else:
-                v = self.estimator(x, prompt_x, x_lens, t.unsqueeze(0), style, mu)
-            x = x + dt * v
+                v = self.estimator(x, prompt_x, x_lens, t.unsqueeze(0), style, mu, prompt_len)
+            x[..., prompt_len:] += dt * v
             t = t + dt  # accumulated in float32, not read from t_span (official)
-            x[:, :, :prompt_len] = 0
         return x
 
 
