@@ -46,6 +46,12 @@ def test_bf16_gpt_logits_within_threshold(bf16):
     assert all(bf16["within_thresholds"].values())
 
 
+def test_int8dyn_dit_mel_within_threshold(tiny_dir):
+    s = fidelity(tiny_dir, {"s2mel": "int8dyn"}, **SMALL)["s2mel"]
+    assert s["mode"] == "int8dyn" and s["mel_rel_err"] <= THRESHOLDS["s2mel_mel_rel_err"]
+    assert s["mel_cosine"] > 0.9999
+
+
 def test_int8_gpt_logits_within_threshold(int8):
     g = int8["gpt"]
     assert g["mode"] == "int8" and g["codes"] == SMALL["codes"]

@@ -79,7 +79,7 @@ def test_fallbacks_serve_every_row_count(monkeypatch, onednn):
 
     monkeypatch.setattr(kernels, "load", lambda: None)      # no compiler / no VNNI: oneDNN, else fbgemm
     if not onednn:
-        monkeypatch.setattr(precision, "_onednn_prepack", lambda q: None)
+        monkeypatch.setattr(precision, "onednn_prepack", lambda q: None)
     g = torch.Generator().manual_seed(5)
     w, b = torch.randn(96, 64, generator=g) / 8, torch.randn(96, generator=g)
     m = DynamicInt8Linear(w, b)

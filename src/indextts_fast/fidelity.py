@@ -26,7 +26,7 @@ from typing import Mapping, Optional
 import torch
 
 from .config import ModelFolder
-from .precision import Precision, autocast, convert_gpt_, prepare_vocoder_, resolve_precision
+from .precision import Precision, autocast, convert_gpt_, prepare_s2mel_, prepare_vocoder_, resolve_precision
 
 THRESHOLDS = {"gpt_logits_rel_err": 3e-2, "s2mel_mel_rel_err": 1e-2, "vocoder_snr_db": 30.0}
 
@@ -164,7 +164,12 @@ def fidelity(model_dir, precision: Precision, *, codes: int = 48, text_tokens: i
         inputs = s2mel_inputs(folder, mel_codes, prompt_codes, seed)
         mel = run_s2mel(s2mel, inputs, steps, cfg_rate, "fp32", device)
         if wanted["s2mel"] and modes["s2mel"] != "fp32":
-            got = run_s2mel(s2mel, inputs, steps, cfg_rate, modes["s2mel"], device)
+            lowp = s2mel
+            if modes["s2mel"] == "int8dyn":   # int8 products swapped in place: a second copy, fp32 kept
+                lowp = S2Mel.from_folder(folder).to(device)
+                prepare_s2mel_(lowp.cfm, "int8dyn")
+            got = run_s2mel(lowp, inputs, steps, cfg_rate, modes["s2mel"], device)
+            del lowp
             report["s2mel"] = {"mode": modes["s2mel"], "frames": int(mel.shape[-1]), "steps": steps,
                                "mel_rel_err": rel_err(got, mel), "mel_cosine": cosine(got, mel),
                                "mel_max_abs_err": float((got - mel).abs().max())}

@@ -202,10 +202,11 @@ class Engine:
     def _cast_weights(self) -> None:
         """bf16 stages: store their Linear/Conv weights in bf16 once (precision.cast_weights_; bit-identical
         to autocast's per-call casts). A module used by two stages is cast only when both run in bf16."""
-        from .precision import cast_weights_
+        from .precision import cast_weights_, prepare_s2mel_
 
         p = self.precision
-        both = "bf16" if p["conditioning"] == p["s2mel"] == "bf16" else "fp32"
+        prepare_s2mel_(self.s2mel.cfm, p["s2mel"])   # int8dyn: int8 DiT products, quantised from fp32 first
+        both = "bf16" if "fp32" not in (p["conditioning"], p["s2mel"]) else "fp32"
         g = self.gpt
         for module, mode in [(self.w2v, p["conditioning"]), (self.campplus, p["conditioning"]),
                              (g.conditioning_encoder, p["conditioning"]), (g.perceiver_encoder, p["conditioning"]),

@@ -46,15 +46,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import OptionError
+from .int8gemm import onednn_prepack, quantize_activations, quantize_int8
 
 STAGES = ("gpt", "s2mel", "vocoder", "conditioning")
-STAGE_CHOICES = {"gpt": ("fp32", "bf16", "int8", "int8dyn"), "s2mel": ("fp32", "bf16"),
+STAGE_CHOICES = {"gpt": ("fp32", "bf16", "int8", "int8dyn"), "s2mel": ("fp32", "bf16", "int8dyn"),
                  "vocoder": ("fp32", "bf16"), "conditioning": ("fp32", "bf16")}
 MODES: dict[str, dict[str, str]] = {
     "fp32": dict.fromkeys(STAGES, "fp32"),
     "bf16": dict.fromkeys(STAGES, "bf16"),
     "int8": {"gpt": "int8", "s2mel": "bf16", "vocoder": "bf16", "conditioning": "bf16"},
     "int8dyn": {"gpt": "int8dyn", "s2mel": "bf16", "vocoder": "bf16", "conditioning": "bf16"},
+    "int8max": {"gpt": "int8dyn", "s2mel": "int8dyn", "vocoder": "bf16", "conditioning": "bf16"},
 }
 GEMV_ROWS = 8  # Int8Linear: up to this many rows use the int8 GEMV kernel, more rows a bf16 GEMM
 
@@ -89,8 +91,8 @@ def autocast(device: Union[str, torch.device], mode: str):
     """The context a bf16 stage runs in (autocast to bfloat16); a no-op context for fp32."""
     if mode == "fp32":
         return contextlib.nullcontext()
-    if mode != "bf16":
-        raise OptionError(f"stage precision {mode!r} has no autocast form (use fp32 or bf16)")
+    if mode not in ("bf16", "int8dyn"):   # an int8dyn S2Mel is a bf16 stage with int8 products inside
+        raise OptionError(f"stage precision {mode!r} has no autocast form (use fp32, bf16 or an S2Mel int8dyn)")
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
@@ -111,6 +113,19 @@ def cast_weights_(module: nn.Module, mode: str) -> nn.Module:
                 if isinstance(p, torch.Tensor) and p.is_floating_point():
                     setattr(m, name, nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
     return module
+
+
+def prepare_s2mel_(cfm: nn.Module, mode: str) -> nn.Module:
+    """An S2Mel flow matching (`S2Mel.cfm`) for `mode`: int8dyn swaps its DiT's large products for int8
+    GEMMs (int8gemm.convert_dit_; the weights quantised from fp32, so call it before `cast_weights_`);
+    fp32 and bf16 change nothing here. In place, once; returns the module."""
+    if mode not in STAGE_CHOICES["s2mel"]:
+        raise OptionError(f"S2Mel precision {mode!r}: choose one of {', '.join(STAGE_CHOICES['s2mel'])}")
+    if mode == "int8dyn" and getattr(cfm.estimator, "precision", None) != "int8dyn":
+        from .int8gemm import convert_dit_
+
+        convert_dit_(cfm.estimator)
+    return cfm
 
 
 def prepare_vocoder_(vocoder: nn.Module, mode: str) -> nn.Module:
@@ -156,14 +171,6 @@ class BF16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
         return y if self.bias is None else y + self.bias
-
-
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: W (out, in) ≈ q · scale[:, None], q in [-127, 127]."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q.contiguous(), scale
 
 
 class Int8Linear(nn.Module):
@@ -220,15 +227,6 @@ def fbgemm_prepack(q: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Te
         return torch.ops.quantized.linear_prepack(qw, bias)
 
 
-def _onednn_prepack(q: torch.Tensor):
-    """oneDNN's packed int8 weight for `qlinear_pointwise` (AMX/VNNI int8 GEMM), or None where torch has no
-    oneDNN quantized ops."""
-    try:
-        return torch.ops.onednn.qlinear_prepack(q, None)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return None
-
-
 class DynamicInt8Linear(nn.Module):
     """int8 weights (per output channel) x int8 activations quantised on the fly, fp32 result with the fp32
     bias added inside the kernel (CPU only).
@@ -249,7 +247,7 @@ class DynamicInt8Linear(nn.Module):
         q, scale = quantize_int8(weight)
         self.out_features, self.in_features = q.shape
         self.bias_f32 = None if bias is None else bias.detach().float().contiguous()
-        self.onednn = _onednn_prepack(q)
+        self.onednn = onednn_prepack(q)
         self.packed = None
         if self.onednn is not None:
             self.register_buffer("onednn_scale", scale.float().contiguous())
@@ -265,15 +263,7 @@ class DynamicInt8Linear(nn.Module):
         """Any number of contiguous fp32 rows: oneDNN (activations per tensor), else fbgemm."""
         if self.onednn is None:
             return torch.ops.quantized.linear_dynamic(x, self.packed, False)
-        if self.kernel is not None:
-            xq, s, z = torch.empty(x.shape, dtype=torch.uint8), ctypes.c_float(), ctypes.c_int()
-            self.kernel.itf_quantize_u8(x.data_ptr(), x.numel(), xq.data_ptr(), ctypes.byref(s), ctypes.byref(z))
-            scale, zp = s.value, z.value
-        else:
-            lo, hi = float(x.min().clamp(max=0)), float(x.max().clamp(min=0))
-            scale = (hi - lo) / 255 if hi > lo else 1.0
-            zp = int(min(max(round(-lo / scale), 0), 255))
-            xq = torch.clamp(torch.round(x * (1.0 / scale)) + zp, 0, 255).to(torch.uint8)
+        xq, scale, zp = quantize_activations(x, self.kernel)
         return torch.ops.onednn.qlinear_pointwise(xq, scale, zp, self.onednn, self.onednn_scale, self.onednn_zp,
                                                   self.bias_f32, 1.0, 0, torch.float32, "none", [], "")
 

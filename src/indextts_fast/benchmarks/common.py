@@ -98,23 +98,26 @@ def find_model_dir(explicit: str | None, needs: str, what: str):
                             f"set $INDEXTTS_FAST_FULLSIZE or pass --model-dir DIR); make one with: {make}")
 
 
-def stage_precisions(text: str) -> list[str]:
-    """--precision of the s2mel/vocoder benches: a comma list of fp32/bf16, fp32 first (bf16 casts the loaded
-    weights in place, so one model serves both, fp32 timed before the cast)."""
+def stage_precisions(text: str, allowed: Sequence[str] = ("fp32", "bf16")) -> list[str]:
+    """--precision of the s2mel/vocoder benches: a comma list of `allowed` modes, in that order (fp32 first:
+    the reduced modes change the loaded model in place, so one model serves all, fp32 timed before)."""
     from ..errors import OptionError
 
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("fp32", "bf16")]
+    bad = [m for m in modes if m not in allowed]
     if bad or not modes:
-        raise OptionError(f"--precision {text!r}: choose among fp32, bf16 (comma-separated)")
-    return sorted(set(modes), key=("fp32", "bf16").index)
+        raise OptionError(f"--precision {text!r}: choose among {', '.join(allowed)} (comma-separated)")
+    return sorted(set(modes), key=list(allowed).index)
 
 
 def at_precision(model: torch.nn.Module, mode: str):
-    """Prepare `model` for `mode` (bf16: weights cast once, precision.cast_weights_) and return the context
-    its calls run in (bf16 autocast, as the engine runs a bf16 stage)."""
-    from ..precision import autocast, cast_weights_
+    """Prepare `model` for `mode` as the engine does (an S2Mel's int8dyn DiT: int8 products swapped in,
+    precision.prepare_s2mel_; bf16 and int8dyn: weights cast once, precision.cast_weights_) and return
+    the context its calls run in (bf16 autocast, as the engine runs a reduced-precision stage)."""
+    from ..precision import autocast, cast_weights_, prepare_s2mel_
 
+    if hasattr(model, "cfm"):
+        prepare_s2mel_(model.cfm, mode)
     cast_weights_(model, mode)
     return autocast("cpu", mode)
 
@@ -122,9 +125,21 @@ def at_precision(model: torch.nn.Module, mode: str):
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def int8_gemm_peak(n: int = 2048, repeat: int = 5) -> float:
+    """oneDNN's uint8 x int8 GEMM rate (op/s) on n x n x n, the product an int8dyn stage runs."""
+    from ..int8gemm import onednn_prepack, quantize_int8
+
+    q, scale = quantize_int8(torch.randn(n, n))
+    packed, x = onednn_prepack(q), torch.randint(0, 256, (n, n), dtype=torch.uint8)
+    zp = torch.zeros(n, dtype=torch.long)
+    best = min(timed(lambda: torch.ops.onednn.qlinear_pointwise(x, 0.01, 128, packed, scale, zp, None, 1.0, 0,
+                                                                torch.bfloat16, "none", [], ""), repeat))
+    return 2 * n ** 3 / best
+
+
 def precision_peak(precision: str) -> float:
-    """This machine's matmul FLOP/s in a stage precision's dtype (measured now)."""
-    return matmul_peak(PEAK_DTYPES[precision])
+    """This machine's matmul FLOP/s in a stage precision's arithmetic (measured now; int8dyn: int8 op/s)."""
+    return int8_gemm_peak() if precision == "int8dyn" else matmul_peak(PEAK_DTYPES[precision])
 
 
 def add_speedups(cases: list[dict], key: str, peaks: dict[str, list[float]]) -> dict[str, float]:

@@ -6,9 +6,11 @@ content, prompt mel, style; seeded noise) and reports the median per step, the F
 products and convolutions counted by torch's FlopCounterMode, attention added analytically) and the
 fraction of this machine's measured fp32 matmul peak they reach. The official code's figure for the first
 case (0.77 s per step, fp32, 2 threads; from issue 3, not measured here) is shown next to it.
-`--precision fp32,bf16` (default) times both side by side in one run (bf16 = the engine's bf16 stage:
-weights cast once, bf16 autocast), with each case's speed-up over fp32 and its fraction of that
-precision's measured matmul peak.
+`--precision fp32,bf16` (default; add int8dyn for the int8 DiT) times them side by side in one run (bf16 =
+the engine's bf16 stage: weights cast once, bf16 autocast; int8dyn = the same with the DiT's large
+products as int8 GEMMs, int8gemm.py, here quantised from the bf16-cast weights: same speed), with each
+case's speed-up over fp32 and its fraction of that precision's measured peak (int8dyn: int8 op/s).
+FLOPs are those of a step that skips the prompt frames' tail (DiT.forward's from_frame), as solved.
 
 Model folder: --model-dir, else $INDEXTTS_FAST_FULLSIZE, else the full-size random model `profile` makes in
 the data folder. Make one with `indextts-fast make-checkpoint DIR --size full --only s2mel --only bigvgan`.
@@ -37,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-rate", type=float, default=0.7, help="classifier-free guidance (default 0.7)")
     p.add_argument("--keep-denormals", action="store_true", help="do not flush float32 denormals to zero")
     p.add_argument("--precision", default="fp32,bf16",
-                   help="comma-separated: fp32, bf16 (default both, side by side; bf16 = the engine's bf16 stage)")
+                   help="comma-separated: fp32, bf16, int8dyn (default fp32,bf16, side by side; the engine's stages)")
 
 
 def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch.Tensor, batch: int,
@@ -53,7 +55,7 @@ def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch
         estimator(x, prompt_x.expand(batch, -1, -1), torch.tensor([T]), torch.zeros(batch),
                   style.expand(batch, -1), mu.expand(batch, -1, -1), from_frame)
     layers = estimator.transformer.layers
-    dim = layers[0].attention.wo.weight.shape[0]
+    dim = layers[0].attention.n_heads * layers[0].attention.head_dim
     attention = len(layers) * 4 * batch * T * T * dim  # q·kᵀ and p·v (the CPU flash kernel is not counted)
     return counter.get_total_flops() + attention
 
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = folder.config.s2mel
     hop, sr = cfg.preprocess_params.spect_params.hop_length, cfg.preprocess_params.sr
     prompt_frames = int(args.prompt_seconds * sr) // hop
-    modes = stage_precisions(args.precision)
+    modes = stage_precisions(args.precision, ("fp32", "bf16", "int8dyn"))
     # re-measured after every case; the best one is this machine's peak for that precision
     peaks = {m: [precision_peak(m)] for m in modes}
     gen = torch.Generator().manual_seed(0)
@@ -81,11 +83,16 @@ def run(args: argparse.Namespace) -> dict:
         inputs.append((codes, T, torch.randn(1, T, cfg.DiT.content_dim, generator=gen),
                        torch.randn(1, cfg.DiT.in_channels, prompt_frames, generator=gen) - 5,
                        torch.randn(1, cfg.style_encoder.dim, generator=gen)))
+    # FLOPs per step counted once per case on the loaded fp32 model (the counter does not see int8 products;
+    # every precision runs the same products)
+    flops = [step_flops(model.cfm.estimator, mu, _prompt_x(model, T, prompt), style, 2 if args.cfg_rate > 0 else 1,
+                        prompt_frames) for _, T, mu, prompt, style in inputs]
     cases = []
     for precision in modes:
         context = at_precision(model, precision)
-        for codes, T, mu, prompt, style in inputs:
-            cases.append(_case(model, args, precision, context, codes, T, mu, prompt, style, prompt_frames, hop, sr))
+        for (codes, T, mu, prompt, style), step in zip(inputs, flops):
+            cases.append(_case(model, args, precision, context, codes, T, mu, prompt, style, prompt_frames, hop, sr,
+                               step))
             peaks[precision].append(precision_peak(precision))
     peak = add_speedups(cases, "s_per_step", peaks)
     result = {"bench": "s2mel", "machine": machine(), "model_dir": str(folder.root),
@@ -107,8 +114,14 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def _case(model, args, precision, context, codes, T, mu, prompt, style, prompt_frames, hop, sr) -> dict:
-    """Time `args.steps`-step solves of one case at one precision; FLOPs of one CFG step."""
+def _prompt_x(model, T: int, prompt: torch.Tensor) -> torch.Tensor:
+    prompt_x = torch.zeros(1, model.cfm.estimator.in_channels, T)
+    prompt_x[..., :prompt.shape[-1]] = prompt
+    return prompt_x
+
+
+def _case(model, args, precision, context, codes, T, mu, prompt, style, prompt_frames, hop, sr, flops) -> dict:
+    """Time `args.steps`-step solves of one case at one precision (`flops`: of one step)."""
     from .common import summary, timed
 
     noise_gen = torch.Generator()
@@ -119,9 +132,6 @@ def _case(model, args, precision, context, codes, T, mu, prompt, style, prompt_f
 
     with context:
         times = [t / args.steps for t in timed(solve, args.repeat, warmup=1)]
-        prompt_x = torch.zeros(1, model.cfm.estimator.in_channels, T)
-        prompt_x[..., :prompt_frames] = prompt
-        flops = step_flops(model.cfm.estimator, mu, prompt_x, style, 2 if args.cfg_rate > 0 else 1, prompt_frames)
     s = statistics.median(times)
     return {"precision": precision, "case": f"{args.prompt_seconds:g} s prompt + {codes} codes", "codes": codes,
             "prompt_frames": prompt_frames, "target_frames": T - prompt_frames, "T": T,

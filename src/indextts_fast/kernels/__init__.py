@@ -13,8 +13,9 @@
 - `itf_adaln_rms_bf16`, `itf_rope_bf16`, `itf_silu_mul_bf16`, `itf_wavenet_gate_bf16`: the elementwise
   chains of a bf16 DiT step (AdaLN-RMS norm + modulation, rotary embedding from the strided q|k, SwiGLU
   gate, WaveNet tanh·sigmoid gate), one pass each.
-- `itf_quantize_u8`: per-tensor asymmetric uint8 quantisation (the activations of the many-row int8 GEMM
-  of prefill and the latent pass, oneDNN's `qlinear_pointwise`).
+- `itf_quantize_u8` / `itf_quantize_u8_bf16`: per-tensor asymmetric uint8 quantisation of fp32 / bf16
+  activations (the many-row int8 GEMMs through oneDNN's `qlinear_pointwise`: GPT prefill and latent pass,
+  the int8 DiT).
 - `itf_attention_amx_bf16` (attention_amx.c): the DiT's non-causal attention (head width 64) on AMX tiles,
   used only where the CPU has AMX-BF16 and Linux grants the tile state (`lib.amx`).
 - `itf_aa_snake`: BigVGAN's anti-aliased Snake activation (up-sample ×2, Snake, down-sample ×2) per
@@ -134,6 +135,8 @@ def load() -> Optional[ctypes.CDLL]:
     lib.itf_aa_snake_tm_bf16.argtypes = [u16, i32, i32, i32, ptr, ptr, ptr, ptr, u16]
     lib.itf_quantize_u8.restype = None    # x, n, out, &scale, &zero point
     lib.itf_quantize_u8.argtypes = [ptr, ctypes.c_long, ptr, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(i32)]
+    lib.itf_quantize_u8_bf16.restype = None   # the same on bf16 x
+    lib.itf_quantize_u8_bf16.argtypes = lib.itf_quantize_u8.argtypes
     amx = lib.itf_attention_amx_bf16
     amx.restype = ctypes.c_int
     long = ctypes.c_long  # q, k, v each with (batch, head, time) strides, key lengths, B, H, T, d, scale, out + strides

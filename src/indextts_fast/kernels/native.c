@@ -488,19 +488,30 @@ int itf_aa_snake_tm_bf16(const uint16_t *x, int B, int T, int C, const float *al
 /* ---- per-tensor asymmetric uint8 quantisation (the activations of the many-row int8 GEMM) ----------- */
 
 /* out = clamp(round(x / scale) + zp, 0, 255) with scale = (max(x, 0) − min(x, 0)) / 255 (1 when x is all
-   zeros) and zp = round(−min / scale): 0 is exact. Writes scale and zp. */
-void itf_quantize_u8(const float *x, long n, uint8_t *out, float *scale_out, int *zp_out) {
-    float lo = 0.f, hi = 0.f;
-    #pragma omp parallel for reduction(min : lo) reduction(max : hi) schedule(static)
-    for (long i = 0; i < n; i++) { lo = x[i] < lo ? x[i] : lo; hi = x[i] > hi ? x[i] : hi; }
-    float s = hi > lo ? (hi - lo) / 255.f : 1.f, inv = 1.f / s;
-    int z = (int)nearbyintf(-lo * inv);
-    z = z < 0 ? 0 : (z > 255 ? 255 : z);
-    #pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; i++) {
-        float v = nearbyintf(x[i] * inv) + (float)z;
-        out[i] = (uint8_t)(v > 255.f ? 255.f : (v < 0.f ? 0.f : v));
-    }
-    *scale_out = s;
+   zeros) and zp = round(−min / scale): 0 is exact. Writes scale and zp. One body for fp32 and bf16 x. */
+static inline float bf16_value(uint16_t h) { union { uint32_t u; float f; } v = { (uint32_t)h << 16 }; return v.f; }
+
+#define QUANTIZE_U8(X_AT)                                                                                   \
+    float lo = 0.f, hi = 0.f;                                                                               \
+    _Pragma("omp parallel for reduction(min : lo) reduction(max : hi) schedule(static)")                    \
+    for (long i = 0; i < n; i++) { float xi = X_AT(i); lo = xi < lo ? xi : lo; hi = xi > hi ? xi : hi; }    \
+    float s = hi > lo ? (hi - lo) / 255.f : 1.f, inv = 1.f / s;                                             \
+    int z = (int)nearbyintf(-lo * inv);                                                                     \
+    z = z < 0 ? 0 : (z > 255 ? 255 : z);                                                                    \
+    _Pragma("omp parallel for schedule(static)")                                                            \
+    for (long i = 0; i < n; i++) {                                                                          \
+        float v = nearbyintf(X_AT(i) * inv) + (float)z;                                                     \
+        out[i] = (uint8_t)(v > 255.f ? 255.f : (v < 0.f ? 0.f : v));                                        \
+    }                                                                                                       \
+    *scale_out = s;                                                                                         \
     *zp_out = z;
+
+void itf_quantize_u8(const float *x, long n, uint8_t *out, float *scale_out, int *zp_out) {
+#define AT_F32(i) x[i]
+    QUANTIZE_U8(AT_F32)
+}
+
+void itf_quantize_u8_bf16(const uint16_t *x, long n, uint8_t *out, float *scale_out, int *zp_out) {
+#define AT_BF16(i) bf16_value(x[i])
+    QUANTIZE_U8(AT_BF16)
 }

@@ -278,13 +278,14 @@ class ReflectConv1d(nn.Module):
         self.conv = _Holder(weight_norm_layout(nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation)))
         total = (kernel_size - 1) * dilation
         self.pad = (total - total // 2, total // 2)
+        self.int8: Optional[nn.Module] = None   # int8gemm.convert_dit_: the same conv as an int8 GEMM (time-major)
 
     def forward(self, x: Tensor, time_major: bool = False) -> Tensor:
         """x (B, C, T) -> (B, C', T); `time_major`: (B, T, C) -> (B, T, C') (needs T > the padding)."""
         conv = self.conv.conv
         if conv.kernel_size[0] == 1:  # a batched matrix product (torch's 1×1 conv path is slow on CPU)
             if time_major:
-                return F.linear(x, conv.weight[:, :, 0], conv.bias)
+                return F.linear(x, conv.weight[:, :, 0], conv.bias) if self.int8 is None else self.int8(x)
             if x.shape[-1] == 1:  # one frame (the global condition): a plain GEMV, no per-sample weight copy
                 return F.linear(x[..., 0], conv.weight[:, :, 0], conv.bias).unsqueeze(-1)
             return torch.baddbmm(conv.bias[:, None], conv.weight[:, :, 0].expand(x.shape[0], -1, -1), x)
@@ -293,6 +294,8 @@ class ReflectConv1d(nn.Module):
         # the reflection as one gather along time, then a time-major (channels-last) conv: no reorders
         T, (left, right) = x.shape[1], self.pad
         index = torch.cat([torch.arange(left, 0, -1), torch.arange(T), torch.arange(T - 2, T - 2 - right, -1)])
+        if self.int8 is not None:
+            return self.int8.conv_time_major(x[:, index])
         return conv1d_time_major(conv, x[:, index], padding=0)
 
 
