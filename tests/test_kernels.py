@@ -311,48 +311,60 @@ def test_a_failing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
         kernels.load.cache_clear()
 
 
-needs_amx = pytest.mark.skipif(kernels.load() is None or not kernels.load().amx,
-                               reason="no AMX-BF16 CPU (or the kernel library is unavailable): SDPA is used")
+def attention_paths() -> list:
+    """The attention kernel's paths this CPU can run: "amx" (AMX tiles), "dot" (AVX512-BF16 VDPBF16PS)."""
+    lib = kernels.load()
+    return [] if lib is None else [p for p, ok in (("amx", lib.amx), ("dot", lib.bf16_dot)) if ok]
 
 
-@needs_amx
+def kernel_path(monkeypatch, path):
+    """Force the attention kernel's path (the AVX512-BF16 one runs on AMX CPUs too)."""
+    lib = kernels.load()
+    if path not in attention_paths():
+        pytest.skip(f"this CPU has no {path} path for the attention kernel (SDPA is used where it has neither)")
+    monkeypatch.setattr(lib, "amx", path == "amx")
+    return lib
+
+
+@pytest.mark.parametrize("path", ["amx", "dot"])
 @pytest.mark.parametrize("B,H,T,lengths", [(2, 8, 611, None), (2, 3, 45, [45, 17]), (1, 2, 5, [3]),
                                            (1, 1, 32, None), (2, 2, 70, [1, 70])])
-def test_amx_attention_matches_float32_sdpa(B, H, T, lengths):
-    from indextts_fast.models.dit import amx_attention
+def test_attention_kernel_matches_float32_sdpa(monkeypatch, path, B, H, T, lengths):
+    from indextts_fast.models.dit import native_attention
 
+    lib = kernel_path(monkeypatch, path)
     g = torch.Generator().manual_seed(B * 100 + T)
     qkv = (torch.randn(B, T, 3 * H, 64, generator=g) * 2).bfloat16()           # the DiT's fused projection
     q = qkv[:, :, :H].transpose(1, 2).contiguous()
     k = qkv[:, :, H:2 * H].transpose(1, 2).contiguous()
     v = qkv[:, :, 2 * H:].transpose(1, 2)                                       # strided, as the DiT passes it
     mask = None if lengths is None else (torch.arange(T)[None] < torch.tensor(lengths)[:, None])[:, None, None]
-    got = amx_attention(kernels.load(), q, k, v, mask)
+    got = native_attention(lib, q, k, v, mask)
     assert got.shape == (B, T, H, 64) and got.dtype == torch.bfloat16
     want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).transpose(1, 2)
     # P is rounded to bf16 before P·v and the output once more: a few bf16 steps at most, ~1e-3 overall
     assert float((got.float() - want).abs().max()) <= 2.0 ** -6 * float(want.abs().max())
     assert float((got.float() - want).norm() / want.norm()) < 3e-3
-    lib = kernels.load()
-    assert amx_attention(lib, q[..., :32], k[..., :32], v[..., :32], None) is None   # head width 32: SDPA's
+    assert native_attention(lib, q[..., :32], k[..., :32], v[..., :32], None) is None   # head width 32: SDPA's
 
 
-@needs_amx
-def test_dit_attention_takes_the_amx_kernel_and_agrees_with_sdpa(monkeypatch):
+@pytest.mark.parametrize("path", ["amx", "dot"])
+def test_dit_attention_takes_the_kernel_and_agrees_with_sdpa(monkeypatch, path):
     from indextts_fast.models import dit
 
+    lib = kernel_path(monkeypatch, path)
     torch.manual_seed(3)
     layer = dit.Attention(128, 2).to(torch.bfloat16)                            # head width 64
     x = torch.randn(2, 50, 128).bfloat16()
     rope = dit.rope_table(64, 64)[:50]
     mask = (torch.arange(50)[None] < torch.tensor([50, 31])[:, None])[:, None, None]
     calls = []
-    real = dit.amx_attention
-    monkeypatch.setattr(dit, "amx_attention", lambda *a: calls.append(1) or real(*a))
+    real = dit.native_attention
+    monkeypatch.setattr(dit, "native_attention", lambda *a: calls.append(1) or real(*a))
     with torch.inference_mode():
         got = layer(x, rope, mask)
-        lib = kernels.load()
         monkeypatch.setattr(lib, "amx", False)
-        want = layer(x, rope, mask)
+        monkeypatch.setattr(lib, "bf16_dot", False)
+        want = layer(x, rope, mask)   # SDPA
     assert calls == [1]
     assert float((got.float() - want.float()).norm() / want.float().norm()) < 1e-2

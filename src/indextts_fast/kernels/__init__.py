@@ -1,6 +1,6 @@
 """Hand-written CPU kernels (AVX-512), built on first use with the system C compiler; optional.
 
-`native.c`, `gpt_step.c` and `attention_amx.c` (one library):
+`native.c`, `gpt_step.c` and `attention.c` (one library):
 - `itf_gemv_s8`: the int8 GEMV of the GPT decode step (1-8 rows): activations quantised per row to uint8
   (with a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale
   and bias applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each
@@ -16,8 +16,9 @@
 - `itf_quantize_u8` / `itf_quantize_u8_bf16`: per-tensor asymmetric uint8 quantisation of fp32 / bf16
   activations (the many-row int8 GEMMs through oneDNN's `qlinear_pointwise`: GPT prefill and latent pass,
   the int8 DiT).
-- `itf_attention_amx_bf16` (attention_amx.c): the DiT's non-causal attention (head width 64) on AMX tiles,
-  used only where the CPU has AMX-BF16 and Linux grants the tile state (`lib.amx`).
+- `itf_attention_bf16` (attention.c): the DiT's non-causal attention (head width 64) on AMX tiles where
+  the CPU has AMX-BF16 and Linux grants the tile state (`lib.amx`), else with AVX512-BF16 dot products
+  where the CPU has them (`lib.bf16_dot`: AMD Zen 4, Intel Cooper Lake); SDPA otherwise.
 - `itf_aa_snake`: BigVGAN's anti-aliased Snake activation (up-sample ×2, Snake, down-sample ×2) per
   channel row in one pass, fp32 arithmetic; `itf_aa_snake_tm_bf16`: the same on a time-major bf16 signal,
   16 channels per vector (the bf16 vocoder stage runs time-major).
@@ -41,10 +42,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-SOURCES = ("native.c", "gpt_step.c", "attention_amx.c", "simd.h", "kernels.h")   # the .c files are compiled into one library
+SOURCES = ("native.c", "gpt_step.c", "attention.c", "simd.h", "kernels.h")   # the .c files are compiled into one library
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
-AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")   # attention_amx.c (compiled for them per function)
+AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")   # attention.c (compiled for them per function)
+BF16_DOT_FLAGS = ("avx512_bf16",)                       # attention.c without AMX (VDPBF16PS)
 
 
 def cpuinfo(field: str) -> str:
@@ -137,12 +139,13 @@ def load() -> Optional[ctypes.CDLL]:
     lib.itf_quantize_u8.argtypes = [ptr, ctypes.c_long, ptr, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(i32)]
     lib.itf_quantize_u8_bf16.restype = None   # the same on bf16 x
     lib.itf_quantize_u8_bf16.argtypes = lib.itf_quantize_u8.argtypes
-    amx = lib.itf_attention_amx_bf16
-    amx.restype = ctypes.c_int
-    long = ctypes.c_long  # q, k, v each with (batch, head, time) strides, key lengths, B, H, T, d, scale, out + strides
-    amx.argtypes = [ptr, long, long, long] * 3 + [ptr, i32, i32, i32, i32, f32, ptr, long, long, long]
+    att = lib.itf_attention_bf16
+    att.restype = ctypes.c_int
+    long = ctypes.c_long  # q, k, v each with (batch, head, time) strides, key lengths, B, H, T, d, scale, out + strides, amx
+    att.argtypes = [ptr, long, long, long] * 3 + [ptr, i32, i32, i32, i32, f32, ptr, long, long, long, i32]
     step = lib.itf_gpt_step  # x, rows, D, blocks, block table, eps, k, v, layer/head stride, lo, mask, H, d, scale
     step.restype = ctypes.c_int
     step.argtypes = [ptr, i32, i32, i32, ptr, f32, ptr, ptr, long, long, i32, ptr, i32, i32, f32]
-    lib.amx = cpu_supports(AMX_FLAGS) and lib.itf_amx_init() == 0   # the kernel may only run when this holds
+    lib.amx = cpu_supports(AMX_FLAGS) and lib.itf_amx_init() == 0   # the AMX tiles may only be used when this holds
+    lib.bf16_dot = cpu_supports(BF16_DOT_FLAGS)                      # VDPBF16PS
     return lib

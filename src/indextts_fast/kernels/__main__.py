@@ -1,9 +1,9 @@
 """`python -m indextts_fast.kernels [--layers N] [--dim D] [--threads T]`: the int8 GEMV against fbgemm's
 dynamic linear on the projections of N GPT-2 layers of width D (random weights, larger than the CPU caches
 at the defaults: 24 x 1280, the full-size IndexTTS2 GPT), 1 to 4 rows, in one run: ms per sweep and the
-weight bytes read per second. Then, where the CPU has AMX, the DiT's bf16 attention (CFG batch of 2, 8 heads
-of 64, T frames; default 611 = a 4.1 s prompt + 150 codes): the AMX kernel against torch's SDPA, ms per call
-and GFLOP/s."""
+weight bytes read per second. Then, where the CPU has AMX or AVX512-BF16, the DiT's bf16 attention (CFG
+batch of 2, 8 heads of 64, T frames; default 611 = a 4.1 s prompt + 150 codes): our kernel against
+torch's SDPA, ms per call and GFLOP/s."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def main() -> None:
           f"streaming read bandwidth {bw:.1f} GB/s")
     print(table(rows, [("kernel", "kernel", ""), ("rows", "rows", "d"), ("ms", "ms/sweep", ".2f"),
                        ("GBps", "weight GB/s", ".1f")]))
-    if load().amx:
+    if load().amx or load().bf16_dot:
         attention = _attention_rows(args.frames, args.repeat)
         print(f"\nDiT attention, bf16, 2 x 8 heads x {args.frames} frames x 64")
         print(table(attention, [("kernel", "kernel", ""), ("ms", "ms/call", ".3f"), ("GFLOPs", "GFLOP/s", ".0f")]))
@@ -63,13 +63,14 @@ def main() -> None:
 def _attention_rows(T: int, repeat: int) -> list[dict]:
     import torch.nn.functional as F
 
-    from ..models.dit import amx_attention
+    from ..models.dit import native_attention
     from . import load
 
     qkv = torch.randn(2, T, 24, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
     q, k = qkv[:, :, :8].transpose(1, 2).contiguous(), qkv[:, :, 8:16].transpose(1, 2).contiguous()
     v = qkv[:, :, 16:].transpose(1, 2)
-    kernels = {"AMX kernel": lambda: amx_attention(load(), q, k, v, None),   # v strided, (B, T, H, d) out
+    name = "AMX kernel" if load().amx else "AVX512-BF16 kernel"
+    kernels = {name: lambda: native_attention(load(), q, k, v, None),   # v strided, (B, T, H, d) out
                "torch SDPA": lambda: F.scaled_dot_product_attention(q, k, v.contiguous()).transpose(1, 2).reshape(2, T, -1)}
     times = {name: [] for name in kernels}
     for _ in range(repeat):

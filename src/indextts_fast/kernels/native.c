@@ -488,30 +488,46 @@ int itf_aa_snake_tm_bf16(const uint16_t *x, int B, int T, int C, const float *al
 /* ---- per-tensor asymmetric uint8 quantisation (the activations of the many-row int8 GEMM) ----------- */
 
 /* out = clamp(round(x / scale) + zp, 0, 255) with scale = (max(x, 0) − min(x, 0)) / 255 (1 when x is all
-   zeros) and zp = round(−min / scale): 0 is exact. Writes scale and zp. One body for fp32 and bf16 x. */
-static inline float bf16_value(uint16_t h) { union { uint32_t u; float f; } v = { (uint32_t)h << 16 }; return v.f; }
+   zeros) and zp = round(−min / scale): 0 is exact. Writes scale and zp. One body for fp32 and bf16 x,
+   16 values per vector (the tail masked); round to nearest even, as nearbyintf. */
+static inline __m512 load16(const float *x, long i, __mmask16 m) { return _mm512_maskz_loadu_ps(m, x + i); }
+static inline __m512 load16_bf16(const uint16_t *x, long i, __mmask16 m) { return bf16_load_masked(x + i, m); }
+static inline __mmask16 tail_mask(long n, long i) { return n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1); }
 
-#define QUANTIZE_U8(X_AT)                                                                                   \
+#define QUANTIZE_U8(LOAD)                                                                                   \
     float lo = 0.f, hi = 0.f;                                                                               \
-    _Pragma("omp parallel for reduction(min : lo) reduction(max : hi) schedule(static)")                    \
-    for (long i = 0; i < n; i++) { float xi = X_AT(i); lo = xi < lo ? xi : lo; hi = xi > hi ? xi : hi; }    \
+    _Pragma("omp parallel reduction(min : lo) reduction(max : hi)")                                         \
+    {                                                                                                       \
+        __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();                                        \
+        _Pragma("omp for schedule(static)")                                                                 \
+        for (long i = 0; i < n; i += 16) {                                                                  \
+            __m512 v = LOAD(x, i, tail_mask(n, i));   /* masked lanes read 0: inside [lo, hi] already */   \
+            vlo = _mm512_min_ps(vlo, v);                                                                    \
+            vhi = _mm512_max_ps(vhi, v);                                                                    \
+        }                                                                                                   \
+        float l = _mm512_reduce_min_ps(vlo), h = _mm512_reduce_max_ps(vhi);                                 \
+        lo = l < lo ? l : lo;                                                                               \
+        hi = h > hi ? h : hi;                                                                               \
+    }                                                                                                       \
     float s = hi > lo ? (hi - lo) / 255.f : 1.f, inv = 1.f / s;                                             \
     int z = (int)nearbyintf(-lo * inv);                                                                     \
     z = z < 0 ? 0 : (z > 255 ? 255 : z);                                                                    \
+    const __m512 vinv = _mm512_set1_ps(inv), vz = _mm512_set1_ps((float)z);                                 \
+    const __m512 v0 = _mm512_setzero_ps(), v255 = _mm512_set1_ps(255.f);                                    \
     _Pragma("omp parallel for schedule(static)")                                                            \
-    for (long i = 0; i < n; i++) {                                                                          \
-        float v = nearbyintf(X_AT(i) * inv) + (float)z;                                                     \
-        out[i] = (uint8_t)(v > 255.f ? 255.f : (v < 0.f ? 0.f : v));                                        \
+    for (long i = 0; i < n; i += 16) {                                                                      \
+        __mmask16 m = tail_mask(n, i);                                                                      \
+        __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(LOAD(x, i, m), vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); \
+        v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, vz), v0), v255);                                   \
+        _mm_mask_storeu_epi8(out + i, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));                      \
     }                                                                                                       \
     *scale_out = s;                                                                                         \
     *zp_out = z;
 
 void itf_quantize_u8(const float *x, long n, uint8_t *out, float *scale_out, int *zp_out) {
-#define AT_F32(i) x[i]
-    QUANTIZE_U8(AT_F32)
+    QUANTIZE_U8(load16)
 }
 
 void itf_quantize_u8_bf16(const uint16_t *x, long n, uint8_t *out, float *scale_out, int *zp_out) {
-#define AT_BF16(i) bf16_value(x[i])
-    QUANTIZE_U8(AT_BF16)
+    QUANTIZE_U8(load16_bf16)
 }

@@ -1,4 +1,4 @@
-/* Small AVX-512 helpers shared by the kernel sources (native.c, attention_amx.c). */
+/* Small AVX-512 helpers shared by the kernel sources (native.c, attention.c). */
 #ifndef ITF_SIMD_H
 #define ITF_SIMD_H
 #include <immintrin.h>

@@ -146,16 +146,16 @@ class Attention(nn.Module):
         else:
             qk = apply_rope(qkv[:, :, : 2 * H].transpose(1, 2), rope)  # q and k rotated together, (B, 2H, T, d)
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, 2 * H:].transpose(1, 2)
-        y = amx_attention(lib, q, k, v, mask) if lib is not None and lib.amx else None
+        y = native_attention(lib, q, k, v, mask) if lib is not None and (lib.amx or lib.bf16_dot) else None
         if y is None:
             # SDPA is faster on contiguous heads
             y = F.scaled_dot_product_attention(q, k, v.contiguous(), attn_mask=mask).transpose(1, 2)
         return self.wo(y.reshape(B, T, D))
 
 
-def amx_attention(lib, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
-    """softmax(q·kᵀ/√d, valid keys)·v on AMX tiles (kernels/attention_amx.c) -> (B, T, H, d), the layout wo
-    reads; None when the kernel does not take the shape (head width other than 64) and SDPA must run.
+def native_attention(lib, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+    """softmax(q·kᵀ/√d, valid keys)·v in kernels/attention.c (AMX tiles where `lib.amx`, else AVX512-BF16
+    dot products; the caller checks that one holds) -> (B, T, H, d), the layout wo reads; None when the kernel does not take the shape (head width other than 64) and SDPA must run.
     q, k, v: (B, H, T, d) bf16 views, d contiguous (v read straight from the strided qkv). mask: None or the
     DiT's (B, 1, 1, T) key mask, always a prefix (sequence_mask), so it is passed as lengths."""
     B, H, T, d = q.shape
@@ -163,9 +163,9 @@ def amx_attention(lib, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) 
         return None
     out = torch.empty(B, T, H, d, dtype=q.dtype)
     lengths = None if mask is None else mask.reshape(B, T).sum(-1, dtype=torch.int32)
-    rc = lib.itf_attention_amx_bf16(q.data_ptr(), *q.stride()[:3], k.data_ptr(), *k.stride()[:3], v.data_ptr(),
-                                    *v.stride()[:3], None if lengths is None else lengths.data_ptr(), B, H, T, d,
-                                    d ** -0.5, out.data_ptr(), out.stride(0), out.stride(2), out.stride(1))
+    rc = lib.itf_attention_bf16(q.data_ptr(), *q.stride()[:3], k.data_ptr(), *k.stride()[:3], v.data_ptr(),
+                                *v.stride()[:3], None if lengths is None else lengths.data_ptr(), B, H, T, d,
+                                d ** -0.5, out.data_ptr(), out.stride(0), out.stride(2), out.stride(1), int(lib.amx))
     return None if rc else out
 
 

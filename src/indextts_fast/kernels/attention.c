@@ -1,11 +1,12 @@
-/* Non-causal attention of a bf16 DiT step on AMX tiles (TDPBF16PS): softmax(scale·q·kᵀ, keys < len)·v.
+/* Non-causal attention of a bf16 DiT step: softmax(scale·q·kᵀ, keys < len)·v, on AMX tiles (TDPBF16PS)
+   or, on CPUs with AVX512-BF16 but no AMX (AMD Zen 4, Intel Cooper Lake), with VDPBF16PS.
 
    Per (batch, head): k is packed once as kᵀ in pairs (d/2 rows of 32-bit [k(j, 2r), k(j, 2r+1)], keys
    padded to a multiple of 32 with zeros) and v as key pairs ((keys/2) rows of [v(2p, n), v(2p+1, n)]),
-   the VNNI layouts a B tile wants. Then per block of 16 query rows: the scores of all keys in fp32
-   (16 x 16 tiles, two dot products over d = 64), an exact softmax over the valid keys (fp32, P rounded to
-   bf16), and P·v accumulated in four fp32 tiles. The scores of a block stay in L1/L2 (16 x keys x 4 B),
-   so unlike a flash kernel no running rescale is needed. d = 64 only (the DiT's head width). */
+   the VNNI layouts a B tile wants (and VDPBF16PS's second operand). Then per block of 32 query rows: the
+   scores of all keys in fp32, an exact softmax over the valid keys (fp32, P rounded to bf16), and P·v
+   accumulated in fp32. The scores of a block stay in L1/L2 (32 x keys x 4 B), so unlike a flash kernel no
+   running rescale is needed. d = 64 only (the DiT's head width). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,12 +161,75 @@ static void query_block(const uint16_t *q, long qst, int rows, const uint32_t *k
                                 bf16_round(_mm512_mul_ps(_mm512_loadu_ps(o + r * 64 + c), _mm512_set1_ps(inv[r]))));
 }
 
-/* q, k, v, out: (B, H, T, 64) bf16 with strides in elements (batch, head, time; d contiguous); key_len:
-   B valid-key counts (1..T) or NULL for all. Returns 0, -1 without scratch memory, -2 for a bad shape. */
+/* The same 32-row block with VDPBF16PS: scores of 8 rows x 32 keys per pass (16 accumulators, each key
+   vector loaded once for the 8 rows, each query pair broadcast), then P·v for 4 rows x 64 columns per pass
+   (16 accumulators, each value vector loaded once for the 4 rows). */
+__attribute__((target("avx512bf16")))
+static void query_block_avx512(const uint16_t *q, long qst, int rows, const uint32_t *kp, const uint32_t *vp,
+                               int n, int Tp, float scale, float *S, uint16_t *P, uint16_t *out, long ost) {
+    uint32_t qb[32 * 32];                        /* the block's q rows as d pairs; rows past `rows` zero */
+    for (int r = 0; r < 32; r++) {
+        if (r < rows) memcpy(qb + r * 32, q + (size_t)r * qst, 128);
+        else memset(qb + r * 32, 0, 128);
+    }
+    int nk = (n + 31) / 32 * 32, nr = (rows + 7) / 8 * 8;
+    for (int r0 = 0; r0 < nr; r0 += 8)
+        for (int j = 0; j < nk; j += 32) {
+            __m512 acc[8][2];
+            for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+            for (int pr = 0; pr < 32; pr++) {
+                __m512bh k0 = (__m512bh)_mm512_loadu_si512(kp + (size_t)pr * Tp + j);
+                __m512bh k1 = (__m512bh)_mm512_loadu_si512(kp + (size_t)pr * Tp + j + 16);
+                for (int i = 0; i < 8; i++) {
+                    __m512bh qi = (__m512bh)_mm512_set1_epi32((int)qb[(r0 + i) * 32 + pr]);
+                    acc[i][0] = _mm512_dpbf16_ps(acc[i][0], qi, k0);
+                    acc[i][1] = _mm512_dpbf16_ps(acc[i][1], qi, k1);
+                }
+            }
+            for (int i = 0; i < 8; i++) {
+                _mm512_storeu_ps(S + (size_t)(r0 + i) * Tp + j, acc[i][0]);
+                _mm512_storeu_ps(S + (size_t)(r0 + i) * Tp + j + 16, acc[i][1]);
+            }
+        }
+    float inv[32];
+    for (int r = 0; r < rows; r++) inv[r] = softmax_row(S + (size_t)r * Tp, n, nk, scale, P + (size_t)r * Tp);
+    for (int r = rows; r < nr; r++) memset(P + (size_t)r * Tp, 0, sizeof(uint16_t) * nk);
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+        __m512 o[4][4];
+        for (int i = 0; i < 4; i++) for (int c = 0; c < 4; c++) o[i][c] = _mm512_setzero_ps();
+        for (int pp = 0; pp < nk / 2; pp++) {
+            const uint32_t *vj = vp + (size_t)pp * 64;
+            __m512bh v0 = (__m512bh)_mm512_loadu_si512(vj), v1 = (__m512bh)_mm512_loadu_si512(vj + 16);
+            __m512bh v2 = (__m512bh)_mm512_loadu_si512(vj + 32), v3 = (__m512bh)_mm512_loadu_si512(vj + 48);
+            for (int i = 0; i < 4; i++) {
+                uint32_t pair;
+                memcpy(&pair, P + (size_t)(r0 + i) * Tp + 2 * pp, 4);
+                __m512bh pi = (__m512bh)_mm512_set1_epi32((int)pair);
+                o[i][0] = _mm512_dpbf16_ps(o[i][0], pi, v0);
+                o[i][1] = _mm512_dpbf16_ps(o[i][1], pi, v1);
+                o[i][2] = _mm512_dpbf16_ps(o[i][2], pi, v2);
+                o[i][3] = _mm512_dpbf16_ps(o[i][3], pi, v3);
+            }
+        }
+        for (int i = 0; i < 4 && r0 + i < rows; i++)
+            for (int c = 0; c < 4; c++)
+                _mm256_storeu_si256((__m256i *)(out + (size_t)(r0 + i) * ost + 16 * c),
+                                    bf16_round(_mm512_mul_ps(o[i][c], _mm512_set1_ps(inv[r0 + i]))));
+    }
+}
+
 __attribute__((target("amx-tile,amx-bf16")))
-int itf_attention_amx_bf16(const uint16_t *q, long qsb, long qsh, long qst, const uint16_t *k, long ksb, long ksh,
-                           long kst, const uint16_t *v, long vsb, long vsh, long vst, const int *key_len, int B,
-                           int H, int T, int d, float scale, uint16_t *out, long osb, long osh, long ost) {
+static void tiles_on(void) { configure_tiles(); }
+__attribute__((target("amx-tile,amx-bf16")))
+static void tiles_off(void) { _tile_release(); }
+
+/* q, k, v, out: (B, H, T, 64) bf16 with strides in elements (batch, head, time; d contiguous); key_len:
+   B valid-key counts (1..T) or NULL for all; amx: 1 for the AMX tiles (the CPU must have them and
+   itf_amx_init must have succeeded), 0 for VDPBF16PS (AVX512-BF16). Returns 0, -1 without scratch
+   memory, -2 for a bad shape. */
+int itf_attention_bf16(const uint16_t *q, long qsb, long qsh, long qst, const uint16_t *k, long ksb, long ksh,
+                       long kst, const uint16_t *v, long vsb, long vsh, long vst, const int *key_len, int B,
+                       int H, int T, int d, float scale, uint16_t *out, long osb, long osh, long ost, int amx) {
     if (d != 64 || T < 1 || B < 1 || H < 1 || kst % 2) return -2;
     for (int b = 0; b < B; b++)
         if (key_len && (key_len[b] < 1 || key_len[b] > T)) return -2;
@@ -186,8 +250,8 @@ int itf_attention_amx_bf16(const uint16_t *q, long qsb, long qsh, long qst, cons
         if (!S || !P) {
             #pragma omp atomic write
             failed = 1;
-        } else {
-            configure_tiles();
+        } else if (amx) {
+            tiles_on();
         }
         #pragma omp for schedule(static)
         for (long item = 0; item < (long)B * H * blocks; item++) {
@@ -195,10 +259,11 @@ int itf_attention_amx_bf16(const uint16_t *q, long qsb, long qsh, long qst, cons
             int bh = (int)(item / blocks), b = bh / H, h = bh % H, q0 = (int)(item % blocks) * 32;
             int rows = T - q0 < 32 ? T - q0 : 32;
             const uint32_t *kp = packed + (size_t)bh * Tp * 64;
-            query_block(q + b * qsb + h * qsh + q0 * qst, qst, rows, kp, kp + (size_t)32 * Tp,
-                        key_len ? key_len[b] : T, Tp, scale, S, P, out + b * osb + h * osh + q0 * ost, ost);
+            (amx ? query_block : query_block_avx512)(q + b * qsb + h * qsh + q0 * qst, qst, rows, kp,
+                                                     kp + (size_t)32 * Tp, key_len ? key_len[b] : T, Tp, scale,
+                                                     S, P, out + b * osb + h * osh + q0 * ost, ost);
         }
-        if (S && P) _tile_release();
+        if (S && P && amx) tiles_off();
         free(S);
         free(P);
     }
