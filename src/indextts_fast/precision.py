@@ -10,6 +10,7 @@ mode name (below) or a per-stage mapping, e.g. {"gpt": "int8", "s2mel": "bf16"} 
     bf16      bf16      bf16   bf16     bf16
     int8      int8      bf16   bf16     bf16           GPT weight-only int8, the rest bf16
     int8dyn   int8dyn   bf16   bf16     bf16           GPT int8 weights AND int8 activations (CPU)
+    int8max   int8dyn   int8dyn bf16    bf16           also the DiT's products in int8 (CPU; fastest)
 
 How each is done:
 - GPT: the GPT-2 projections (`Conv1D`) and `mel_head` are swapped for modules of the same contract
@@ -26,6 +27,9 @@ How each is done:
   Linear/Conv weights stored in bf16 once (`cast_weights_`: the same rounding autocast applies per call):
   matmuls, convs and SDPA run in bf16 (AMX on CPU), norms/softmax/reductions in fp32 (autocast's fp32
   list); the stage's output is cast back to fp32.
+- s2mel int8dyn: the bf16 stage above with the DiT's large products as oneDNN int8 GEMMs (per-tensor
+  uint8 activations, per-channel int8 weights; int8gemm.py, `prepare_s2mel_`): ~2x the bf16 GEMM rate on
+  AVX-512 VNNI CPUs without AMX (and AMX int8 is 2x AMX bf16 too).
 Measured agreement with fp32: `indextts-fast fidelity`; speed: `indextts-fast profile --precision ...`,
 `bench gpt|s2mel|vocoder --precision ...`. On a 2-core AMX Xeon (full-size GPT, 2 threads) a 1-row decode
 step reads int8 weights at ~25 GB/s through the VNNI GEMV (fbgemm: ~23 GB/s at 1 row, ~18 at 3 rows;

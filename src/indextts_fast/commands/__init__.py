@@ -54,7 +54,8 @@ def add_precision_argument(p: argparse.ArgumentParser, default: str = "fp32", ma
     what = "comma-separated modes" if many else "a mode"
     p.add_argument("--precision", default=default, metavar="MODE" + ("[,MODE...]" if many else ""),
                    help=f"{what}: fp32 (exact parity, default), bf16, int8 (GPT int8 weights + the rest bf16), "
-                        "int8dyn (GPT int8 weights and activations + the rest bf16), or per stage "
+                        "int8dyn (GPT int8 weights and activations + the rest bf16), int8max (int8dyn with the "
+                        "S2Mel DiT's products in int8 too: the fastest CPU mode), or per stage "
                         "(gpt/s2mel/vocoder/conditioning) as STAGE=P joined by '+', e.g. gpt=int8+s2mel=bf16")
 
 
