@@ -36,7 +36,8 @@ def test_intel_paths_change_mkl_results_and_only_before_torch():
     late = _fresh("import torch; import indextts_fast; from indextts_fast import mkl_vendor; print(mkl_vendor.STATE); "
                   + probe)
     assert on.returncode == off.returncode == late.returncode == 0, on.stderr + off.stderr + late.stderr
-    assert on.stdout != off.stdout
+    if "avx512f" in cpuinfo("flags").split():   # the Intel AVX-512 kernels exist here: they round otherwise
+        assert on.stdout != off.stdout
     assert late.stdout.splitlines()[-1] == off.stdout.strip()
     assert "torch was imported before indextts_fast" in late.stdout and "import indextts_fast first" in late.stderr
 
