@@ -134,7 +134,8 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor, mask: Optional[Tensor], keep_from: int = 0) -> Tensor:
+        """(B, T, D) -> the attention output of query rows keep_from..T-1 (every row is a key)."""
         B, T, D = x.shape
         H = self.n_heads
         qkv = self.wqkv(x).view(B, T, 3 * H, self.head_dim)
@@ -149,8 +150,10 @@ class Attention(nn.Module):
         y = native_attention(lib, q, k, v, mask) if lib is not None and (lib.amx or lib.bf16_dot) else None
         if y is None:
             # SDPA is faster on contiguous heads
-            y = F.scaled_dot_product_attention(q, k, v.contiguous(), attn_mask=mask).transpose(1, 2)
-        return self.wo(y.reshape(B, T, D))
+            y = F.scaled_dot_product_attention(q[:, :, keep_from:], k, v.contiguous(), attn_mask=mask).transpose(1, 2)
+        else:
+            y = y[:, keep_from:]
+        return self.wo(y.reshape(B, T - keep_from, D))
 
 
 def native_attention(lib, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
@@ -196,11 +199,13 @@ class TransformerBlock(nn.Module):
             self.skip_in_linear = nn.Linear(2 * dim, dim)
 
     def forward(self, x: Tensor, c: Tensor, rope: Tensor, mask: Optional[Tensor], skip: Optional[Tensor],
-                mods: Optional[dict] = None) -> Tensor:
+                mods: Optional[dict] = None, keep_from: int = 0) -> Tensor:
+        """-> the rows keep_from.. of the block's output (all rows still serve as the attention's keys)."""
         if skip is not None:
             x = self.skip_in_linear(torch.cat([x, skip], dim=-1))
         mods = mods or {}
-        h = x + self.attention(self.attention_norm(x, c, mods.get(self.attention_norm)), rope, mask)
+        a = self.attention(self.attention_norm(x, c, mods.get(self.attention_norm)), rope, mask, keep_from)
+        h = (x[:, keep_from:] if keep_from else x) + a
         return h + self.feed_forward(self.ffn_norm(h, c, mods.get(self.ffn_norm)))
 
 
@@ -217,7 +222,8 @@ class Transformer(nn.Module):
         # Not in the checkpoint (official setup_caches builds it): float32 RoPE table for BLOCK_SIZE positions.
         self.register_buffer("rope", rope_table(BLOCK_SIZE, dim // n_heads), persistent=False)
 
-    def forward(self, x: Tensor, c: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, mask: Optional[Tensor], keep_from: int = 0) -> Tensor:
+        """-> rows keep_from..T-1 of the output: the last block computes only those (DiT.forward's tail)."""
         T = x.shape[1]
         if T > BLOCK_SIZE:
             raise OptionError(f"sequence of {T} frames exceeds the DiT's {BLOCK_SIZE}-position RoPE table")
@@ -227,7 +233,7 @@ class Transformer(nn.Module):
         skips: list[Tensor] = []
         for i, layer in enumerate(self.layers):
             skip = skips.pop() if self.uvit_skip and i > n // 2 else None
-            x = layer(x, c, rope, mask, skip, mods)
+            x = layer(x, c, rope, mask, skip, mods, keep_from if i == n - 1 else 0)
             if self.uvit_skip and i < n // 2:
                 skips.append(x)
         return self.norm(x, c, mods.get(self.norm) if mods else None)
@@ -413,10 +419,11 @@ class DiT(nn.Module):
     def forward(self, x: Tensor, prompt_x: Tensor, x_lens: Tensor, t: Tensor, style: Tensor, mu: Tensor,
                 from_frame: int = 0) -> Tensor:
         """Velocity (B', 80, T - from_frame) of frames from_frame..T-1. The flow matching discards the
-        prompt's frames, so it asks only for the rest: the transformer still attends over every frame, and
-        the part after it, which is position-wise or local (long skip, WaveNet head, final layer), runs on
-        frames from `from_frame - head_context()` on, enough context for the frames returned to be computed
-        from the same inputs by the same operations as in a full call (the official one computes all)."""
+        prompt's frames, so it asks only for the rest: every frame still goes through the transformer (all
+        are keys of its attention), but its last block's outputs (attention rows, FFN) and the part after it,
+        which is position-wise or local (long skip, WaveNet head, final layer), are computed for frames from
+        `from_frame - head_context()` on only: enough context for the frames returned to be computed from the
+        same inputs by the same operations as in a full call (the official one computes all)."""
         B, _, T = x.shape
         if not 0 <= from_frame <= T:
             raise OptionError(f"from_frame must be in 0..{T}, got {from_frame}")
@@ -426,10 +433,10 @@ class DiT(nn.Module):
         h = self.cond_x_merge_linear(h)
         # Key mask from x_lens (official: a (1, 1, T, T) boolean mask). All-valid -> no mask at all.
         valid = sequence_mask(x_lens, T) if bool((x_lens < T).any()) else None
-        h = self.transformer(h, t1.unsqueeze(1), None if valid is None else valid[:, None, None, :])
-        first = max(0, from_frame - self.head_context())   # the tail runs on frames first..T-1
+        first = max(0, from_frame - self.head_context())   # the tail (and the last block) runs on frames first..
+        h = self.transformer(h, t1.unsqueeze(1), None if valid is None else valid[:, None, None, :], first)
         if first:
-            h, xt, valid = h[:, first:], xt[:, first:], None if valid is None else valid[:, first:]
+            xt, valid = xt[:, first:], None if valid is None else valid[:, first:]
         x_res = self.skip_linear(torch.cat([h, xt], dim=-1))
         y = self.conv1(x_res)   # (B', T, H): time-major
         g = self.t_embedder2(t).unsqueeze(2)
