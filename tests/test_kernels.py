@@ -346,6 +346,15 @@ def test_attention_kernel_matches_float32_sdpa(monkeypatch, path, B, H, T, lengt
     assert float((got.float() - want).abs().max()) <= 2.0 ** -6 * float(want.abs().max())
     assert float((got.float() - want).norm() / want.norm()) < 3e-3
     assert native_attention(lib, q[..., :32], k[..., :32], v[..., :32], None) is None   # head width 32: SDPA's
+    # RoPE applied as the kernel reads q and k: the same values as rotating them first with the RoPE kernel
+    from indextts_fast.models.dit import rope_table
+
+    rope = rope_table(T + 5, 64)[:T].contiguous()
+    rotated = torch.empty(B, 2 * H, T, 64, dtype=torch.bfloat16)
+    lib.itf_rope_bf16(qkv.data_ptr(), *qkv.stride()[:3], B, T, 2 * H, 64, rope.data_ptr(), rotated.data_ptr())
+    first = native_attention(lib, rotated[:, :H], rotated[:, H:], v, mask)
+    fused = native_attention(lib, qkv[:, :, :H].transpose(1, 2), qkv[:, :, H:2 * H].transpose(1, 2), v, mask, rope)
+    assert torch.equal(fused, first)
 
 
 @pytest.mark.parametrize("path", ["amx", "dot"])

@@ -54,15 +54,29 @@ static void transpose16(__m512i *r) {
     }
 }
 
-static void pack_head(const uint16_t *k, long kst, const uint16_t *v, long vst, int T, int Tp, uint32_t *kp, uint32_t *vp) {
-    for (int j = 0; j < Tp; j += 16)             /* kᵀ in d pairs, 16 keys x 16 pairs at a time */
+/* One row of q or k (64 bf16) as the kernel reads it: rotated by RoPE row `tab` (32 [cos, sin]) first when
+   tab is not NULL (then into `tmp`, returned), else the row itself. */
+static const uint16_t *rope_row(const uint16_t *x, const float *tab, uint16_t *tmp) {
+    if (!tab) return x;
+    for (int i = 0; i < 64; i += 16) rope16_bf16(x + i, tab + i, tmp + i);
+    return tmp;
+}
+
+static void pack_head(const uint16_t *k, long kst, const uint16_t *v, long vst, int T, int Tp, const float *rope,
+                      uint32_t *kp, uint32_t *vp) {
+    uint16_t rotated[16][64];
+    for (int j = 0; j < Tp; j += 16) {           /* kᵀ in d pairs, 16 keys x 16 pairs at a time */
+        const uint16_t *row[16];
+        for (int i = 0; i < 16 && j + i < T; i++)
+            row[i] = rope_row(k + (size_t)(j + i) * kst, rope ? rope + (size_t)(j + i) * 64 : NULL, rotated[i]);
         for (int h = 0; h < 2; h++) {
             __m512i r[16];
             for (int i = 0; i < 16; i++)
-                r[i] = j + i < T ? _mm512_loadu_si512(k + (size_t)(j + i) * kst + 32 * h) : _mm512_setzero_si512();
+                r[i] = j + i < T ? _mm512_loadu_si512(row[i] + 32 * h) : _mm512_setzero_si512();
             transpose16(r);
             for (int i = 0; i < 16; i++) _mm512_storeu_si512(kp + (size_t)(16 * h + i) * Tp + j, r[i]);
         }
+    }
     const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                         39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
@@ -107,14 +121,21 @@ static float softmax_row(const float *s, int n, int np, float scale, uint16_t *p
 
 /* 32 query rows (two 16-row tiles, so that every key and value tile loaded serves both). */
 __attribute__((target("amx-tile,amx-bf16")))
-static void query_block(const uint16_t *q, long qst, int rows, const uint32_t *kp, const uint32_t *vp, int n,
-                        int Tp, float scale, float *S, uint16_t *P, uint16_t *out, long ost) {
+/* The block's q rows (RoPE'd when rope is not NULL: its rows for these queries) into qb, zeros past `rows`. */
+static void load_queries(const uint16_t *q, long qst, int rows, const float *rope, uint16_t *qb) {
+    for (int r = 0; r < 32; r++) {
+        if (r >= rows) memset(qb + r * 64, 0, 128);
+        else if (rope) rope_row(q + (size_t)r * qst, rope + r * 64, qb + r * 64);
+        else memcpy(qb + r * 64, q + (size_t)r * qst, 128);
+    }
+}
+
+static void query_block(const uint16_t *q, long qst, int rows, const float *rope, const uint32_t *kp,
+                        const uint32_t *vp, int n, int Tp, float scale, float *S, uint16_t *P, uint16_t *out,
+                        long ost) {
     uint16_t qb[32 * 64];
     float o[32 * 64], inv[32];
-    for (int r = 0; r < 32; r++) {
-        if (r < rows) memcpy(qb + r * 64, q + (size_t)r * qst, 128);
-        else memset(qb + r * 64, 0, 128);
-    }
+    load_queries(q, qst, rows, rope, qb);
     int nk = (n + 31) / 32 * 32;                 /* keys visited: the valid ones, rounded up to a pair tile */
     _tile_loadd(0, qb, 128);                     /* rows 0-15, d 0-31 and 32-63; then rows 16-31 */
     _tile_loadd(1, qb + 32, 128);
@@ -165,13 +186,11 @@ static void query_block(const uint16_t *q, long qst, int rows, const uint32_t *k
    vector loaded once for the 8 rows, each query pair broadcast), then P·v for 4 rows x 64 columns per pass
    (16 accumulators, each value vector loaded once for the 4 rows). */
 __attribute__((target("avx512bf16")))
-static void query_block_avx512(const uint16_t *q, long qst, int rows, const uint32_t *kp, const uint32_t *vp,
-                               int n, int Tp, float scale, float *S, uint16_t *P, uint16_t *out, long ost) {
+static void query_block_avx512(const uint16_t *q, long qst, int rows, const float *rope, const uint32_t *kp,
+                               const uint32_t *vp, int n, int Tp, float scale, float *S, uint16_t *P,
+                               uint16_t *out, long ost) {
     uint32_t qb[32 * 32];                        /* the block's q rows as d pairs; rows past `rows` zero */
-    for (int r = 0; r < 32; r++) {
-        if (r < rows) memcpy(qb + r * 32, q + (size_t)r * qst, 128);
-        else memset(qb + r * 32, 0, 128);
-    }
+    load_queries(q, qst, rows, rope, (uint16_t *)qb);
     int nk = (n + 31) / 32 * 32, nr = (rows + 7) / 8 * 8;
     for (int r0 = 0; r0 < nr; r0 += 8)
         for (int j = 0; j < nk; j += 32) {
@@ -224,12 +243,14 @@ __attribute__((target("amx-tile,amx-bf16")))
 static void tiles_off(void) { _tile_release(); }
 
 /* q, k, v, out: (B, H, T, 64) bf16 with strides in elements (batch, head, time; d contiguous); key_len:
-   B valid-key counts (1..T) or NULL for all; amx: 1 for the AMX tiles (the CPU must have them and
+   B valid-key counts (1..T) or NULL for all; rope: NULL, or the (T, 32, 2) fp32 [cos, sin] table that q
+   and k are rotated by as they are read (the same values as rotating them first, itf_rope_bf16); amx: 1 for the AMX tiles (the CPU must have them and
    itf_amx_init must have succeeded), 0 for VDPBF16PS (AVX512-BF16). Returns 0, -1 without scratch
    memory, -2 for a bad shape. */
 int itf_attention_bf16(const uint16_t *q, long qsb, long qsh, long qst, const uint16_t *k, long ksb, long ksh,
                        long kst, const uint16_t *v, long vsb, long vsh, long vst, const int *key_len, int B,
-                       int H, int T, int d, float scale, uint16_t *out, long osb, long osh, long ost, int amx) {
+                       int H, int T, int d, float scale, uint16_t *out, long osb, long osh, long ost,
+                       const float *rope, int amx) {
     if (d != 64 || T < 1 || B < 1 || H < 1 || kst % 2) return -2;
     for (int b = 0; b < B; b++)
         if (key_len && (key_len[b] < 1 || key_len[b] > T)) return -2;
@@ -241,7 +262,7 @@ int itf_attention_bf16(const uint16_t *q, long qsb, long qsh, long qst, const ui
     for (int bh = 0; bh < B * H; bh++) {
         int b = bh / H, h = bh % H;
         uint32_t *kp = packed + (size_t)bh * Tp * 64;
-        pack_head(k + b * ksb + h * ksh, kst, v + b * vsb + h * vsh, vst, T, Tp, kp, kp + (size_t)32 * Tp);
+        pack_head(k + b * ksb + h * ksh, kst, v + b * vsb + h * vsh, vst, T, Tp, rope, kp, kp + (size_t)32 * Tp);
     }
     #pragma omp parallel
     {
@@ -259,7 +280,8 @@ int itf_attention_bf16(const uint16_t *q, long qsb, long qsh, long qst, const ui
             int bh = (int)(item / blocks), b = bh / H, h = bh % H, q0 = (int)(item % blocks) * 32;
             int rows = T - q0 < 32 ? T - q0 : 32;
             const uint32_t *kp = packed + (size_t)bh * Tp * 64;
-            (amx ? query_block : query_block_avx512)(q + b * qsb + h * qsh + q0 * qst, qst, rows, kp,
+            (amx ? query_block : query_block_avx512)(q + b * qsb + h * qsh + q0 * qst, qst, rows,
+                                                     rope ? rope + (size_t)q0 * 64 : NULL, kp,
                                                      kp + (size_t)32 * Tp, key_len ? key_len[b] : T, Tp, scale,
                                                      S, P, out + b * osb + h * osh + q0 * ost, ost);
         }

@@ -310,10 +310,6 @@ void itf_silu_mul_bf16(const uint16_t *a, const uint16_t *b, uint16_t *out, long
    (x0·cos − x1·sin, x1·cos + x0·sin), computed in fp32, rounded once. d a multiple of 16. */
 void itf_rope_bf16(const uint16_t *x, long sb, long st, long sh, int B, int T, int NH, int d,
                    const float *table, uint16_t *out) {
-    __m512i swap = _mm512_set_epi32(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);
-    __m512 sign = _mm512_set_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
-    __m512i even = _mm512_set_epi32(14, 14, 12, 12, 10, 10, 8, 8, 6, 6, 4, 4, 2, 2, 0, 0);
-    __m512i odd = _mm512_set_epi32(15, 15, 13, 13, 11, 11, 9, 9, 7, 7, 5, 5, 3, 3, 1, 1);
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
@@ -321,12 +317,7 @@ void itf_rope_bf16(const uint16_t *x, long sb, long st, long sh, int B, int T, i
                 const uint16_t *src = x + b * sb + t * st + h * sh;
                 uint16_t *dst = out + (((size_t)b * NH + h) * T + t) * d;
                 const float *tab = table + (size_t)t * d;        /* d/2 pairs of [cos, sin] = d floats */
-                for (int i = 0; i < d; i += 16) {
-                    __m512 v = bf16_load(src + i), cs = _mm512_loadu_ps(tab + i);
-                    __m512 c = _mm512_permutexvar_ps(even, cs), s = _mm512_permutexvar_ps(odd, cs);
-                    __m512 sw = _mm512_mul_ps(_mm512_permutexvar_ps(swap, v), sign);   /* (-x1, x0) */
-                    bf16_store(dst + i, _mm512_fmadd_ps(v, c, _mm512_mul_ps(sw, s)));
-                }
+                for (int i = 0; i < d; i += 16) rope16_bf16(src + i, tab + i, dst + i);
             }
 }
 

@@ -36,4 +36,17 @@ static inline __m256i bf16_round(__m512 v) {   /* fp32 -> bf16, round to nearest
     return _mm512_cvtepi32_epi16(_mm512_srli_epi32(b, 16));
 }
 
+/* RoPE of 16 bf16 values (8 interleaved pairs) with their 8 [cos, sin] table entries (16 floats):
+   (x0·cos − x1·sin, x1·cos + x0·sin) in fp32, rounded once to bf16. */
+static inline void rope16_bf16(const uint16_t *src, const float *tab, uint16_t *dst) {
+    const __m512i swap = _mm512_set_epi32(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);
+    const __m512 sign = _mm512_set_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    const __m512i even = _mm512_set_epi32(14, 14, 12, 12, 10, 10, 8, 8, 6, 6, 4, 4, 2, 2, 0, 0);
+    const __m512i odd = _mm512_set_epi32(15, 15, 13, 13, 11, 11, 9, 9, 7, 7, 5, 5, 3, 3, 1, 1);
+    __m512 v = load_bf16x16(src), cs = _mm512_loadu_ps(tab);
+    __m512 c = _mm512_permutexvar_ps(even, cs), s = _mm512_permutexvar_ps(odd, cs);
+    __m512 sw = _mm512_mul_ps(_mm512_permutexvar_ps(swap, v), sign);   /* (-x1, x0) */
+    _mm256_storeu_si256((__m256i *)dst, bf16_round(_mm512_fmadd_ps(v, c, _mm512_mul_ps(sw, s))));
+}
+
 #endif

@@ -140,27 +140,33 @@ class Attention(nn.Module):
         H = self.n_heads
         qkv = self.wqkv(x).view(B, T, 3 * H, self.head_dim)
         lib = lowp_kernels(qkv)
-        if lib is not None:   # bf16: the rotation straight from the strided q|k of qkv, one pass
-            qk = torch.empty(B, 2 * H, T, self.head_dim, dtype=qkv.dtype)
-            lib.itf_rope_bf16(qkv.data_ptr(), qkv.stride(0), qkv.stride(1), qkv.stride(2), B, T, 2 * H,
-                              self.head_dim, rope.contiguous().data_ptr(), qk.data_ptr())
+        heads = [qkv[:, :, i * H:(i + 1) * H].transpose(1, 2) for i in range(3)]   # (B, H, T, d) strided views
+        # bf16 with our attention kernel: q and k rotated as the kernel reads them (no separate pass)
+        y = native_attention(lib, *heads, mask, rope) if lib is not None and (lib.amx or lib.bf16_dot) else None
+        if y is not None:
+            y = y[:, keep_from:]
         else:
-            qk = apply_rope(qkv[:, :, : 2 * H].transpose(1, 2), rope)  # q and k rotated together, (B, 2H, T, d)
-        q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, 2 * H:].transpose(1, 2)
-        y = native_attention(lib, q, k, v, mask) if lib is not None and (lib.amx or lib.bf16_dot) else None
-        if y is None:
+            if lib is not None:   # bf16: the rotation straight from the strided q|k of qkv, one pass
+                qk = torch.empty(B, 2 * H, T, self.head_dim, dtype=qkv.dtype)
+                lib.itf_rope_bf16(qkv.data_ptr(), qkv.stride(0), qkv.stride(1), qkv.stride(2), B, T, 2 * H,
+                                  self.head_dim, rope.contiguous().data_ptr(), qk.data_ptr())
+            else:
+                qk = apply_rope(qkv[:, :, : 2 * H].transpose(1, 2), rope)  # q and k rotated together, (B, 2H, T, d)
+            q, k, v = qk[:, :H], qk[:, H:], heads[2]
             # SDPA is faster on contiguous heads
             y = F.scaled_dot_product_attention(q[:, :, keep_from:], k, v.contiguous(), attn_mask=mask).transpose(1, 2)
-        else:
-            y = y[:, keep_from:]
         return self.wo(y.reshape(B, T - keep_from, D))
 
 
-def native_attention(lib, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+def native_attention(lib, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
+                     rope: Optional[Tensor] = None) -> Optional[Tensor]:
     """softmax(q·kᵀ/√d, valid keys)·v in kernels/attention.c (AMX tiles where `lib.amx`, else AVX512-BF16
-    dot products; the caller checks that one holds) -> (B, T, H, d), the layout wo reads; None when the kernel does not take the shape (head width other than 64) and SDPA must run.
+    dot products; the caller checks that one holds) -> (B, T, H, d), the layout wo reads; None when the
+    kernel does not take the shape (head width other than 64) and SDPA must run.
     q, k, v: (B, H, T, d) bf16 views, d contiguous (v read straight from the strided qkv). mask: None or the
-    DiT's (B, 1, 1, T) key mask, always a prefix (sequence_mask), so it is passed as lengths."""
+    DiT's (B, 1, 1, T) key mask, always a prefix (sequence_mask), so it is passed as lengths. rope: None, or
+    the (T, d/2, 2) fp32 table q and k are rotated by as the kernel reads them (apply_rope's pairs, rounded
+    to bf16 once: the same values as rotating them first)."""
     B, H, T, d = q.shape
     if d != 64 or mask is not None and mask.shape != (B, 1, 1, T):
         return None
@@ -168,7 +174,8 @@ def native_attention(lib, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor
     lengths = None if mask is None else mask.reshape(B, T).sum(-1, dtype=torch.int32)
     rc = lib.itf_attention_bf16(q.data_ptr(), *q.stride()[:3], k.data_ptr(), *k.stride()[:3], v.data_ptr(),
                                 *v.stride()[:3], None if lengths is None else lengths.data_ptr(), B, H, T, d,
-                                d ** -0.5, out.data_ptr(), out.stride(0), out.stride(2), out.stride(1), int(lib.amx))
+                                d ** -0.5, out.data_ptr(), out.stride(0), out.stride(2), out.stride(1),
+                                None if rope is None else rope.contiguous().data_ptr(), int(lib.amx))
     return None if rc else out
 
 
