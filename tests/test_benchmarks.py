@@ -21,3 +21,14 @@ def test_stage_bench_reports_fp32_and_bf16(tiny_dir, tmp_path, capsys, bench, ex
 def test_stage_bench_rejects_an_unknown_precision(tiny_dir, capsys):
     assert main(["bench", "s2mel", "--model-dir", str(tiny_dir), "--precision", "int4"]) != 0
     assert "--precision 'int4'" in capsys.readouterr().err
+
+
+def test_s2mel_bench_times_the_int8_dit_against_its_own_peak(tiny_dir, tmp_path):
+    out = tmp_path / "s2mel.json"
+    assert main(["bench", "s2mel", "--model-dir", str(tiny_dir), "--threads", "1", "--codes", "6", "--steps", "1",
+                 "--repeat", "1", "--precision", "int8dyn,fp32", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    cases = result["cases"]
+    assert [c["precision"] for c in cases] == ["fp32", "int8dyn"]          # fp32 first, whatever the order given
+    assert cases[0]["gflop_per_step"] == cases[1]["gflop_per_step"] > 0   # counted once on the fp32 model
+    assert result["matmul_peak_gflops"]["int8dyn"] > 0 and 0 < cases[1]["fraction_of_peak"]

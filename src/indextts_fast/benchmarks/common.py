@@ -114,9 +114,10 @@ def at_precision(model: torch.nn.Module, mode: str):
     """Prepare `model` for `mode` as the engine does (an S2Mel's int8dyn DiT: int8 products swapped in,
     precision.prepare_s2mel_; bf16 and int8dyn: weights cast once, precision.cast_weights_) and return
     the context its calls run in (bf16 autocast, as the engine runs a reduced-precision stage)."""
+    from ..models.s2mel import S2Mel
     from ..precision import autocast, cast_weights_, prepare_s2mel_
 
-    if hasattr(model, "cfm"):
+    if isinstance(model, S2Mel):
         prepare_s2mel_(model.cfm, mode)
     cast_weights_(model, mode)
     return autocast("cpu", mode)
