@@ -75,6 +75,8 @@ def test_convert_dit_swaps_the_large_products_only(tiny_dir):
             assert isinstance(layer.get_submodule(path), Int8GemmLinear), path
         assert isinstance(layer.attention_norm.project_layer, torch.nn.Linear)   # AdaLN GEMVs stay bf16
     assert all(isinstance(est.get_submodule(p), Int8GemmLinear) for p in DIT_PRODUCTS)
+    for path in ("cond_x_merge_linear", "skip_linear", "final_layer.linear"):   # kept bf16: fidelity (DIT_PRODUCTS)
+        assert isinstance(est.get_submodule(path), torch.nn.Linear), path
     wavenet = est.wavenet
     assert all(isinstance(m.int8, Int8GemmLinear) for m in [*wavenet.in_layers, *wavenet.res_skip_layers])
     assert wavenet.cond_layer.int8 is None
@@ -93,7 +95,7 @@ def test_engine_int8max_mode_speaks(tiny_dir):
                   max_mel_tokens=12)
     want = Engine(tiny_dir, precision="int8dyn").synthesize("The quick brown fox.", **kwargs)
     engine = Engine(tiny_dir, precision="int8max")
-    assert isinstance(engine.s2mel.cfm.estimator.conv1, Int8GemmLinear)
+    assert isinstance(engine.s2mel.cfm.estimator.transformer.layers[0].attention.wqkv, Int8GemmLinear)
     got = engine.synthesize("The quick brown fox.", **kwargs)
     assert got.audio.dtype == np.float32 and np.isfinite(got.audio).all() and len(got.audio) == len(want.audio)
     assert 0.9 < float(np.corrcoef(got.audio, want.audio)[0, 1])   # the same speech, up to int8 noise
