@@ -377,3 +377,26 @@ def test_dit_attention_takes_the_kernel_and_agrees_with_sdpa(monkeypatch, path):
         want = layer(x, rope, mask)   # SDPA
     assert calls == [1]
     assert float((got.float() - want.float()).norm() / want.float().norm()) < 1e-2
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,k", [(64, 64), (70, 128), (5, 1280)])   # whole / partial blocks of 16 outputs
+def test_fp32_one_row_gemv_is_as_accurate_as_f_linear(n, k):
+    from indextts_fast.models.gpt import Conv1D, fp32_gemv
+
+    g = torch.Generator().manual_seed(n + k)
+    w, b, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), torch.randn(1, k, generator=g)
+    exact = F.linear(x.double(), w.double(), b.double())
+    got = fp32_gemv(x, w, b)
+    assert got is not None and got.shape == (1, n) and got.dtype == torch.float32
+    tol = 4 * float((F.linear(x, w, b).double() - exact).abs().max()) + 1e-6   # F.linear's own rounding
+    assert float((got.double() - exact).abs().max()) <= tol
+    assert float((fp32_gemv(x, w, None) + b - got).abs().max()) <= 1e-5 * float(got.abs().max())   # bias optional
+    assert fp32_gemv(x.repeat(2, 1), w, b) is None and fp32_gemv(x.bfloat16(), w, b) is None   # 2 rows: MKL's
+    layer = Conv1D(k, n)
+    with torch.no_grad():
+        layer.weight.copy_(w.t())
+        layer.bias.copy_(b)
+    layer.fast_layout_()
+    with torch.inference_mode():
+        assert torch.equal(layer(x), got) and torch.equal(layer(x.repeat(3, 1))[1:2], F.linear(x.repeat(3, 1), w, b)[1:2])

@@ -6,6 +6,9 @@
   and bias applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each
   weight byte once for all rows, which fbgemm's dynamic linear does not do at 2-4 rows (beam search):
   `python -m indextts_fast.kernels` times both side by side on GPT-shaped weights.
+- `itf_gemv_f32`: the fp32 product of a one-row GPT decode step (greedy / sampling at 1 beam) on every
+  core (oneMKL's 1-row sgemv runs on one); the only kernel on the fp32 path (float rounding as F.linear's,
+  another order; parity checked).
 - `itf_gpt_step` (gpt_step.c): a whole int8 GPT-2 decode step (every block: the GEMVs above around the
   attention below, new keys/values written to the bf16 cache) in one call and one parallel region.
 - `itf_attend_bf16`: one decode step's attention over a bf16 KV cache (S query rows, additive mask),
@@ -22,7 +25,7 @@
 - `itf_aa_snake`: BigVGAN's anti-aliased Snake activation (up-sample ×2, Snake, down-sample ×2) per
   channel row in one pass, fp32 arithmetic; `itf_aa_snake_tm_bf16`: the same on a time-major bf16 signal,
   16 channels per vector (the bf16 vocoder stage runs time-major).
-All run on torch's OpenMP pool (same libgomp). None is used by the fp32 (parity) path.
+All run on torch's OpenMP pool (same libgomp). Only `itf_gemv_f32` is used by the fp32 (parity) path.
 
 `load()` returns the loaded library, or None — and the callers then use torch's / fbgemm's kernels — when
 the CPU has no AVX-512 VNNI, no C compiler is found ($CC, cc, gcc), the build fails, or
@@ -118,6 +121,8 @@ def load() -> Optional[ctypes.CDLL]:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     # x, M, K, ln_w, ln_b, ln_eps, packed W, Σw, w scales, bias, N, residual, gelu, y
     fn.argtypes = [ptr, i32, i32, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, i32, ptr, i32, ptr]
+    lib.itf_gemv_f32.restype = ctypes.c_int   # x, K, W (N, K), bias, N, y
+    lib.itf_gemv_f32.argtypes = [ptr, i32, ptr, ptr, i32, ptr]
     att = lib.itf_attend_bf16
     att.restype = ctypes.c_int
     # q, q row stride, K, V, head stride, keys, mask, S, H, d, scale, out
