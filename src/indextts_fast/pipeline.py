@@ -167,7 +167,7 @@ class Engine:
         from .models.codec import SemanticCodec
         from .models.gpt import load_gpt
         from .models.s2mel import S2Mel
-        from .precision import convert_gpt_, prepare_vocoder_, resolve_precision
+        from .precision import convert_gpt_, prepare_s2mel_, prepare_vocoder_, resolve_precision
         from .text import TextFrontEnd
 
         if threads is not None:
@@ -185,7 +185,9 @@ class Engine:
         self.w2v = features.SemanticFeatures.from_folder(self.folder).to(self.device)
         self.codec = SemanticCodec.from_folder(self.folder).to(self.device)
         self.campplus = CAMPPlus.from_folder(self.folder).to(self.device)
+        # int8dyn: the DiT's int8 products, quantised from the fp32 weights (before _cast_weights)
         self.s2mel = S2Mel.from_folder(self.folder).to(self.device)
+        prepare_s2mel_(self.s2mel.cfm, self.precision["s2mel"])
         self.vocoder = prepare_vocoder_(BigVGAN.from_folder(self.folder).to(self.device), self.precision["vocoder"])
         self._cast_weights()
         self.fingerprint = self.folder.fingerprint()
@@ -200,12 +202,12 @@ class Engine:
         self.extractions = 0  # how many times reference features were extracted (tests read it)
 
     def _cast_weights(self) -> None:
-        """bf16 stages: store their Linear/Conv weights in bf16 once (precision.cast_weights_; bit-identical
-        to autocast's per-call casts). A module used by two stages is cast only when both run in bf16."""
-        from .precision import cast_weights_, prepare_s2mel_
+        """Reduced-precision stages: store their Linear/Conv weights in bf16 once (precision.cast_weights_;
+        bit-identical to autocast's per-call casts). A module used by two stages is cast only when neither
+        runs in fp32."""
+        from .precision import cast_weights_
 
         p = self.precision
-        prepare_s2mel_(self.s2mel.cfm, p["s2mel"])   # int8dyn: int8 DiT products, quantised from fp32 first
         both = "bf16" if "fp32" not in (p["conditioning"], p["s2mel"]) else "fp32"
         g = self.gpt
         for module, mode in [(self.w2v, p["conditioning"]), (self.campplus, p["conditioning"]),

@@ -144,11 +144,11 @@ def load() -> Optional[ctypes.CDLL]:
     lib.itf_quantize_u8.argtypes = [ptr, ctypes.c_long, ptr, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(i32)]
     lib.itf_quantize_u8_bf16.restype = None   # the same on bf16 x
     lib.itf_quantize_u8_bf16.argtypes = lib.itf_quantize_u8.argtypes
-    att = lib.itf_attention_bf16
-    att.restype = ctypes.c_int
+    dit_att = lib.itf_attention_bf16
+    dit_att.restype = ctypes.c_int
     long = ctypes.c_long  # q, k, v each with (batch, head, time) strides, key lengths, B, H, T, d, scale,
     #                       out + strides, RoPE table (or None), amx
-    att.argtypes = [ptr, long, long, long] * 3 + [ptr, i32, i32, i32, i32, f32, ptr, long, long, long, ptr, i32]
+    dit_att.argtypes = [ptr, long, long, long] * 3 + [ptr, i32, i32, i32, i32, f32, ptr, long, long, long, ptr, i32]
     step = lib.itf_gpt_step  # x, rows, D, blocks, block table, eps, k, v, layer/head stride, lo, mask, H, d, scale
     step.restype = ctypes.c_int
     step.argtypes = [ptr, i32, i32, i32, ptr, f32, ptr, ptr, long, long, i32, ptr, i32, i32, f32]
