@@ -32,6 +32,9 @@ static void configure_tiles(void) {   /* tiles 0-7: 16 rows x 64 bytes (16 x 32 
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
+    /* GCC 12 does not treat ldtilecfg as reading its operand and drops the stores above as dead (the CPU
+       then faults on a config of zero-width tiles): the empty asm makes them visible first. */
+    __asm__ __volatile__("" : : "r"(&cfg) : "memory");
     _tile_loadconfig(&cfg);
 }
 
@@ -119,8 +122,6 @@ static float softmax_row(const float *s, int n, int np, float scale, uint16_t *p
     return 1.f / _mm512_reduce_add_ps(vsum);
 }
 
-/* 32 query rows (two 16-row tiles, so that every key and value tile loaded serves both). */
-__attribute__((target("amx-tile,amx-bf16")))
 /* The block's q rows (RoPE'd when rope is not NULL: its rows for these queries) into qb, zeros past `rows`. */
 static void load_queries(const uint16_t *q, long qst, int rows, const float *rope, uint16_t *qb) {
     for (int r = 0; r < 32; r++) {
@@ -130,6 +131,8 @@ static void load_queries(const uint16_t *q, long qst, int rows, const float *rop
     }
 }
 
+/* 32 query rows (two 16-row tiles, so that every key and value tile loaded serves both). */
+__attribute__((target("amx-tile,amx-bf16")))
 static void query_block(const uint16_t *q, long qst, int rows, const float *rope, const uint32_t *kp,
                         const uint32_t *vp, int n, int Tp, float scale, float *S, uint16_t *P, uint16_t *out,
                         long ost) {
