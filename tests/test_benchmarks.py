@@ -5,13 +5,17 @@ import json
 import pytest
 
 from indextts_fast.cli import main
+from indextts_fast.cpu import detect
 
 
 @pytest.mark.parametrize("bench,extra", [("s2mel", ["--codes", "6", "--steps", "1", "--repeat", "1"]),
                                          ("vocoder", ["--seconds", "0.2", "--repeat", "1"])])
 def test_stage_bench_reports_fp32_and_bf16(tiny_dir, tmp_path, capsys, bench, extra):
     out = tmp_path / f"{bench}.json"
-    assert main(["bench", bench, "--model-dir", str(tiny_dir), "--threads", "1", *extra, "--json", str(out)]) == 0
+    # bf16 is emulated on CPUs without AVX512-BF16/AMX: refused there unless forced (then a small peak probe)
+    force = [] if detect().native_bf16 else ["--force-precision"]
+    assert main(["bench", bench, "--model-dir", str(tiny_dir), "--threads", "1", *extra, "--precision", "fp32,bf16",
+                 *force, "--json", str(out)]) == 0
     cases = json.loads(out.read_text())["cases"]
     assert [c["precision"] for c in cases] == ["fp32", "bf16"]
     assert cases[0]["vs_fp32"] == 1.0 and cases[1]["vs_fp32"] > 0
@@ -23,10 +27,18 @@ def test_stage_bench_rejects_an_unknown_precision(tiny_dir, capsys):
     assert "--precision 'int4'" in capsys.readouterr().err
 
 
+def test_stage_bench_refuses_an_emulated_mode_unless_forced(tiny_dir, capsys):
+    if detect().native_bf16:
+        pytest.skip("bf16 is native here")
+    assert main(["bench", "vocoder", "--model-dir", str(tiny_dir), "--precision", "bf16"]) == 2
+    assert "AVX512-BF16" in capsys.readouterr().err
+
+
 def test_s2mel_bench_times_the_int8_dit_against_its_own_peak(tiny_dir, tmp_path):
     out = tmp_path / "s2mel.json"
+    force = [] if detect().native_bf16 and detect().vnni else ["--force-precision"]
     assert main(["bench", "s2mel", "--model-dir", str(tiny_dir), "--threads", "1", "--codes", "6", "--steps", "1",
-                 "--repeat", "1", "--precision", "int8dyn,fp32", "--json", str(out)]) == 0
+                 "--repeat", "1", "--precision", "int8dyn,fp32", *force, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     cases = result["cases"]
     assert [c["precision"] for c in cases] == ["fp32", "int8dyn"]          # fp32 first, whatever the order given

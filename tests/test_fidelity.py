@@ -1,6 +1,7 @@
 """`indextts-fast fidelity` on the tiny model: the bf16 and int8 modes stay within the documented limits
 of fp32 (fidelity.THRESHOLDS), fp32 compares nothing, and the measures themselves are right."""
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 from indextts_fast.cli import main
 from indextts_fast.fidelity import THRESHOLDS, cosine, fidelity, rel_err, snr_db
 
-SMALL = dict(codes=24, text_tokens=12, mel_codes=40, prompt_codes=24, steps=10)
+# force: these check each mode's arithmetic, also on CPUs that can only emulate it (the plan refuses it there)
+STAGE_OF = {"gpt_logits_rel_err": "gpt", "s2mel_mel_rel_err": "s2mel", "vocoder_snr_db": "vocoder"}
+SMALL = dict(codes=24, text_tokens=12, mel_codes=40, prompt_codes=24, steps=10, force=True)
 
 
 def test_measures():
@@ -67,10 +70,42 @@ def test_fp32_compares_nothing(tiny_dir):
 
 def test_command_writes_json(tiny_dir, tmp_path, capsys):
     out = tmp_path / "f.json"
-    rc = main(["fidelity", "--model-dir", str(tiny_dir), "--precision", "gpt=int8dyn", "--codes", "8",
+    rc = main(["fidelity", "--model-dir", str(tiny_dir), "--precision", "gpt=int8", "--codes", "8",
                "--text-tokens", "6", "--threads", "1", "--json", str(out)])
     assert rc == 0 and out.exists()
-    assert "gpt int8dyn" in capsys.readouterr().out
+    assert "gpt    int8" in capsys.readouterr().out
+    assert json.loads(out.read_text())["modes"]["gpt=int8"]["precision"]["gpt"] == "int8"
+
+
+def test_command_refuses_an_emulated_mode_unless_forced(tiny_dir, capsys):
+    from indextts_fast.cpu import detect
+
+    if detect().native_bf16:
+        pytest.skip("this CPU runs bf16 natively: nothing is refused")
+    assert main(["fidelity", "--model-dir", str(tiny_dir), "--precision", "s2mel=bf16"]) == 2
+    assert "AVX512-BF16" in capsys.readouterr().err
+
+
+def test_auto_is_within_every_threshold(tiny_dir):
+    report = fidelity(tiny_dir, "auto", **{**SMALL, "force": False})
+    assert report["plan"].startswith("auto") and all(report["within_thresholds"].values())
+    assert set(report["within_thresholds"]) == {k for k, v in THRESHOLDS.items()
+                                                if report["precision"][STAGE_OF[k]] != "fp32"}
+
+
+def test_fidelity_measures_the_engines_code_path(tiny_dir):
+    """fidelity's reduced-precision models are the engine's: same module classes in the same places, same
+    parameter and buffer dtypes and values, for `auto` on this machine."""
+    from indextts_fast.fidelity import lowp_models
+    from indextts_fast.pipeline import Engine
+
+    engine = Engine(tiny_dir, precision="auto")
+    for stage, model in (("gpt", engine.gpt), ("s2mel", engine.s2mel), ("vocoder", engine.vocoder)):
+        ours = lowp_models(engine.plan, engine.folder, "cpu", stage)
+        assert [(n, type(m)) for n, m in ours.named_modules()] == [(n, type(m)) for n, m in model.named_modules()]
+        a, b = dict(ours.state_dict()), dict(model.state_dict())
+        assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a), stage
+        assert getattr(ours, "kv_dtype", None) == getattr(model, "kv_dtype", None)
 
 
 def test_nudge_is_one_rounding_step():

@@ -15,7 +15,8 @@ from indextts_fast.int8gemm import (DIT_PRODUCTS, TRANSFORMER_PRODUCTS, Int8Gemm
                                     quantize_activations, quantize_int8)
 from indextts_fast.models.s2mel import S2Mel
 from indextts_fast.pipeline import Engine
-from indextts_fast.precision import prepare_s2mel_, resolve_precision
+from indextts_fast.plan import make_plan
+from indextts_fast.precision import prepare_s2mel_
 
 pytestmark = pytest.mark.skipif(onednn_prepack(quantize_int8(torch.ones(4, 4))[0]) is None,
                                 reason="this torch build has no oneDNN int8 GEMM (int8dyn S2Mel is unavailable)")
@@ -88,13 +89,13 @@ def test_convert_dit_swaps_the_large_products_only(tiny_dir):
 
 
 def test_engine_int8max_mode_speaks(tiny_dir):
-    assert resolve_precision("int8max") == {"gpt": "int8dyn", "s2mel": "int8dyn", "vocoder": "bf16",
+    assert make_plan("int8max", force=True).as_dict() == {"gpt": "int8dyn", "s2mel": "int8dyn", "vocoder": "bf16",
                                             "conditioning": "bf16"}
     manifest = json.loads((tiny_dir / "goldens" / "e2e.json").read_text())
     kwargs = dict(voice=tiny_dir / manifest["prompt"]["file"], preset="extreme", seed=1, forced_codes=12,
                   max_mel_tokens=12)
-    want = Engine(tiny_dir, precision="int8dyn").synthesize("The quick brown fox.", **kwargs)
-    engine = Engine(tiny_dir, precision="int8max")
+    want = Engine(tiny_dir, precision="int8dyn", force_precision=True).synthesize("The quick brown fox.", **kwargs)
+    engine = Engine(tiny_dir, precision="int8max", force_precision=True)
     assert isinstance(engine.s2mel.cfm.estimator.transformer.layers[0].attention.wqkv, Int8GemmLinear)
     got = engine.synthesize("The quick brown fox.", **kwargs)
     assert got.audio.dtype == np.float32 and np.isfinite(got.audio).all() and len(got.audio) == len(want.audio)

@@ -12,22 +12,24 @@ from indextts_fast.commands import parse_precision
 from indextts_fast.errors import OptionError
 from indextts_fast.models.gpt import Conv1D, load_gpt
 from indextts_fast.pipeline import Engine
-from indextts_fast.precision import (MODES, STAGES, BF16Linear, DynamicInt8Linear, Int8Linear, GEMV_ROWS,
-                                     convert_gpt_, gpt_weight_bytes, quantize_int8, resolve_precision)
+from indextts_fast.plan import MODES, STAGES, make_plan
+from indextts_fast.precision import (BF16Linear, DynamicInt8Linear, Fp32Linear, Int8Linear, GEMV_ROWS, convert_gpt_,
+                                     gpt_weight_bytes, quantize_int8)
 
 
 def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def test_resolve_precision_modes_and_mappings():
-    assert resolve_precision(None) == dict.fromkeys(STAGES, "fp32")
-    assert resolve_precision("int8") == {"gpt": "int8", "s2mel": "bf16", "vocoder": "bf16", "conditioning": "bf16"}
-    assert resolve_precision({"gpt": "int8"}) == {**dict.fromkeys(STAGES, "fp32"), "gpt": "int8"}
+def test_precision_modes_and_mappings():
+    assert make_plan(None).as_dict() == dict.fromkeys(STAGES, "fp32")
+    assert make_plan("int8", force=True).as_dict() == {"gpt": "int8", "s2mel": "bf16", "vocoder": "bf16",
+                                                       "conditioning": "bf16"}
+    assert make_plan({"gpt": "int8"}).as_dict() == {**dict.fromkeys(STAGES, "fp32"), "gpt": "int8"}
     assert set(MODES) >= {"fp32", "bf16", "int8"}
     for bad in ("fp16", {"dit": "bf16"}, {"s2mel": "int8"}, 8):
         with pytest.raises(OptionError):
-            resolve_precision(bad)
+            make_plan(bad, force=True)
 
 
 def test_parse_precision_cli_forms():
@@ -64,7 +66,7 @@ def test_int8_gemv_and_gemm_paths_agree():
     assert rel(gemv, gemm) < 1e-2
 
 
-@pytest.mark.parametrize("mode,ratio", [("bf16", 0.5), ("int8", 0.25), ("int8dyn", 0.25)])
+@pytest.mark.parametrize("mode,ratio", [("fp32", 1.0), ("bf16", 0.5), ("int8", 0.25), ("int8dyn", 0.25)])
 def test_convert_gpt_swaps_every_projection(tiny_dir, mode, ratio):
     model = load_gpt(tiny_dir)
     fp32_bytes = gpt_weight_bytes(model)
@@ -75,12 +77,19 @@ def test_convert_gpt_swaps_every_projection(tiny_dir, mode, ratio):
     assert gpt_weight_bytes(model) < fp32_bytes * (ratio + 0.1)
 
 
-def test_fp32_conversion_is_a_no_op(tiny_dir):
-    model = load_gpt(tiny_dir)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+def test_fp32_conversion_keeps_every_value(tiny_dir):
+    """fp32 swaps in Fp32Linear: the same weights, the same F.linear beyond the decode kernels' rows."""
+    model, plain = load_gpt(tiny_dir), load_gpt(tiny_dir)
     convert_gpt_(model, "fp32")
-    after = model.state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert isinstance(model.mel_head, Fp32Linear) and isinstance(model.gpt.h[0].attn.c_attn, Fp32Linear)
+    assert torch.equal(model.gpt.h[0].mlp.c_fc.weight, plain.gpt.h[0].mlp.c_fc.weight.t())
+    x = torch.randn(GEMV_ROWS + 3, model.cfg.model_dim, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.equal(model.gpt.h[0].mlp.c_fc(x), plain.gpt.h[0].mlp.c_fc(x))        # many rows: F.linear
+        few = model.gpt.h[0].mlp.c_fc(x[:3])                                               # rows kernel or F.linear
+        assert rel(few, plain.gpt.h[0].mlp.c_fc(x[:3])) < 1e-6
+    with pytest.raises(OptionError, match="already converted"):
+        convert_gpt_(model, "int8")
 
 
 def test_engine_rejects_a_bad_precision_before_loading(tmp_path):
@@ -100,7 +109,7 @@ def test_engine_int8_mode_speaks_like_fp32(tiny_dir, prompt):
     ref = Engine(tiny_dir)
     assert ref.precision == dict.fromkeys(STAGES, "fp32")
     want = ref.synthesize(text, **kwargs)
-    engine = Engine(tiny_dir, precision="int8")   # GPT int8, every other stage under bf16 autocast
+    engine = Engine(tiny_dir, precision="int8", force_precision=True)   # GPT int8, the other stages bf16
     assert isinstance(engine.gpt.mel_head, Int8Linear)
     # bf16-extracted conditioning is cached apart from the exact fp32 entries of a shared store
     assert engine._cache_fingerprint != ref._cache_fingerprint and ref._cache_fingerprint == ref.fingerprint

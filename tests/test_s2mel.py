@@ -149,9 +149,13 @@ def test_random_checkpoint_has_the_official_layout(tiny_dir, tmp_path):
     assert list(ours) == ["net"] and set(ours["net"]) == set(MODULES)
     for m in MODULES:
         assert {k: v.shape for k, v in ours["net"][m].items()} == {k: v.shape for k, v in official["net"][m].items()}
-    # deterministic buffers are exact, as in the official files
-    for key in ("estimator.input_pos", "estimator.t_embedder.freqs", "estimator.t_embedder2.freqs"):
-        assert torch.equal(ours["net"]["cfm"][key], official["net"]["cfm"][key]), key
+    # deterministic buffers as in the official files: positions exact, the frequencies (torch.exp, whose last bit
+    # depends on the instruction set it runs with) within one rounding step
+    assert torch.equal(ours["net"]["cfm"]["estimator.input_pos"], official["net"]["cfm"]["estimator.input_pos"])
+    for key in ("estimator.t_embedder.freqs", "estimator.t_embedder2.freqs"):
+        a, b = ours["net"]["cfm"][key], official["net"]["cfm"][key]
+        assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape, key
+        assert bool(((a - b).abs() <= b.abs() * 2.0 ** -23).all()), key
     model = S2Mel.from_folder(folder)
     W = folder.config.s2mel.length_regulator.in_channels
     cond = model.length_regulator(torch.randn(1, 7, W), torch.tensor([12]))

@@ -2,8 +2,9 @@
 
 __version__ = "0.1.0"
 
-from . import mkl_vendor
+from . import cpu, mkl_vendor
 
+cpu.apply_forced_tier()  # $INDEXTTS_FAST_CPU_TIER: torch/oneDNN/oneMKL/fbgemm limited to it (see cpu.py)
 mkl_vendor.enable()  # before torch is loaded (see mkl_vendor.py)
 
 from .errors import (  # noqa: F401  (re-exported: the public error types)

@@ -26,7 +26,8 @@ from typing import Mapping, Optional
 import torch
 
 from .config import ModelFolder
-from .precision import Precision, autocast, convert_gpt_, prepare_s2mel_, prepare_vocoder_, resolve_precision
+from .plan import Precision, PrecisionPlan, make_plan
+from .precision import apply_plan, autocast
 
 THRESHOLDS = {"gpt_logits_rel_err": 3e-2, "s2mel_mel_rel_err": 1e-2, "vocoder_snr_db": 30.0}
 
@@ -144,19 +145,25 @@ def nudged(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 def fidelity(model_dir, precision: Precision, *, codes: int = 48, text_tokens: int = 24, mel_codes: int = 60,
              prompt_codes: int = 40, steps: int = 25, cfg_rate: float = 0.7, seed: int = 0,
-             device: str = "cpu", stages: Optional[Mapping[str, bool]] = None, sensitivity: bool = False) -> dict:
-    """Compare every non-fp32 stage of `precision` with fp32 on `model_dir`; returns a JSON-able dict."""
+             device: str = "cpu", stages: Optional[Mapping[str, bool]] = None, sensitivity: bool = False,
+             force: bool = False) -> dict:
+    """Compare every non-fp32 stage of `precision` with fp32 on `model_dir`; returns a JSON-able dict.
+    The reduced-precision models are made by `precision.apply_plan` from the same plan `Engine` makes
+    (`plan.make_plan`, `auto` included): the code path measured is the engine's; the fp32 references are
+    separate, unconverted copies."""
     from .models.bigvgan import BigVGAN
     from .models.gpt import load_gpt
     from .models.s2mel import S2Mel
 
     folder = model_dir if isinstance(model_dir, ModelFolder) else ModelFolder(model_dir)
-    modes = resolve_precision(precision)
+    plan = make_plan(precision, device=device, force=force)
+    modes = plan.as_dict()
     wanted = {s: (stages or {}).get(s, True) for s in ("gpt", "s2mel", "vocoder")}
-    report: dict = {"model_dir": str(folder.root), "precision": modes, "seed": seed, "thresholds": THRESHOLDS}
+    report: dict = {"model_dir": str(folder.root), "precision": modes, "plan": plan.describe(), "seed": seed,
+                    "thresholds": THRESHOLDS}
     if wanted["gpt"] and modes["gpt"] != "fp32":
         reference = load_gpt(folder).to(device)
-        quantized = convert_gpt_(load_gpt(folder).to(device), modes["gpt"])
+        quantized = lowp_models(plan, folder, device, "gpt")
         report["gpt"] = {"mode": modes["gpt"], **gpt_fidelity(reference, quantized, codes, text_tokens, seed)}
         del reference, quantized
     if (wanted["s2mel"] and modes["s2mel"] != "fp32") or (wanted["vocoder"] and modes["vocoder"] != "fp32"):
@@ -164,10 +171,7 @@ def fidelity(model_dir, precision: Precision, *, codes: int = 48, text_tokens: i
         inputs = s2mel_inputs(folder, mel_codes, prompt_codes, seed)
         mel = run_s2mel(s2mel, inputs, steps, cfg_rate, "fp32", device)
         if wanted["s2mel"] and modes["s2mel"] != "fp32":
-            lowp = s2mel
-            if modes["s2mel"] == "int8dyn":   # int8 products swapped in place: a second copy, fp32 kept
-                lowp = S2Mel.from_folder(folder).to(device)
-                prepare_s2mel_(lowp.cfm, "int8dyn")
+            lowp = lowp_models(plan, folder, device, "s2mel")
             got = run_s2mel(lowp, inputs, steps, cfg_rate, modes["s2mel"], device)
             del lowp
             report["s2mel"] = {"mode": modes["s2mel"], "frames": int(mel.shape[-1]), "steps": steps,
@@ -179,16 +183,28 @@ def fidelity(model_dir, precision: Precision, *, codes: int = 48, text_tokens: i
                 report["s2mel"]["fp32_sensitivity_rel_err"] = rel_err(moved, mel)
         del s2mel
         if wanted["vocoder"] and modes["vocoder"] != "fp32":
-            vocoder = prepare_vocoder_(BigVGAN.from_folder(folder).to(device), modes["vocoder"])
-            want = run_vocoder(vocoder, mel, "fp32", device)
-            got = run_vocoder(vocoder, mel, modes["vocoder"], device)
+            reference = BigVGAN.from_folder(folder).to(device)
+            want = run_vocoder(reference, mel, "fp32", device)
+            got = run_vocoder(lowp_models(plan, folder, device, "vocoder"), mel, modes["vocoder"], device)
             report["vocoder"] = {"mode": modes["vocoder"], "samples": int(want.numel()),
                                  "snr_db": snr_db(got, want), "wave_rel_err": rel_err(got, want)}
             if sensitivity:
-                moved = run_vocoder(vocoder, nudged(mel, seed), "fp32", device)
+                moved = run_vocoder(reference, nudged(mel, seed), "fp32", device)
                 report["vocoder"]["fp32_sensitivity_snr_db"] = snr_db(moved, want)
     report["within_thresholds"] = within_thresholds(report)
     return report
+
+
+def lowp_models(plan: PrecisionPlan, folder: ModelFolder, device, stage: str):
+    """A fresh copy of `stage`'s model (gpt, s2mel or vocoder) converted by `apply_plan` as `Engine` does."""
+    from .models.bigvgan import BigVGAN
+    from .models.gpt import load_gpt
+    from .models.s2mel import S2Mel
+
+    loader = {"gpt": load_gpt, "s2mel": S2Mel.from_folder, "vocoder": BigVGAN.from_folder}[stage]
+    model = loader(folder).to(device)
+    apply_plan(plan, **{stage: model})
+    return model
 
 
 def within_thresholds(report: dict) -> dict:

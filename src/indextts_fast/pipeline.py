@@ -159,7 +159,7 @@ class Engine:
     """An IndexTTS2 model folder loaded once; `synthesize` runs requests against it."""
 
     def __init__(self, model_dir: str | Path | ModelFolder, device: str = "cpu", threads: Optional[int] = None,
-                 store=None, cache_size: int = 16, precision=None):
+                 store=None, cache_size: int = 16, precision=None, force_precision: bool = False):
         from . import audio, features
         from .emotion import EmotionMatrices
         from .models.bigvgan import BigVGAN
@@ -167,29 +167,31 @@ class Engine:
         from .models.codec import SemanticCodec
         from .models.gpt import load_gpt
         from .models.s2mel import S2Mel
-        from .precision import convert_gpt_, prepare_s2mel_, prepare_vocoder_, resolve_precision
+        from .plan import make_plan
+        from .precision import apply_plan
         from .text import TextFrontEnd
 
         if threads is not None:
             if threads < 1:
                 raise OptionError(f"threads={threads} must be >= 1")
             torch.set_num_threads(threads)
-        self.precision = resolve_precision(precision)  # {stage: fp32|bf16|int8|int8dyn}, validated first
+        # validated first, against this machine: a mode it can only emulate is refused unless forced
+        self.plan = make_plan(precision, device=device, force=force_precision)
+        self.precision = self.plan.as_dict()  # {stage: fp32|bf16|int8|int8dyn}
         self.folder = model_dir if isinstance(model_dir, ModelFolder) else ModelFolder(model_dir)
         self.device = torch.device(device)
         self.store = store
         self._audio = audio
         self.text = TextFrontEnd.from_folder(self.folder).load()  # glossary.yaml if present; FSTs now
-        self.gpt = convert_gpt_(load_gpt(self.folder).to(self.device), self.precision["gpt"])
+        self.gpt = load_gpt(self.folder).to(self.device)
         self.emotions = EmotionMatrices.from_folder(self.folder)
         self.w2v = features.SemanticFeatures.from_folder(self.folder).to(self.device)
         self.codec = SemanticCodec.from_folder(self.folder).to(self.device)
         self.campplus = CAMPPlus.from_folder(self.folder).to(self.device)
-        # int8dyn: the DiT's int8 products, quantised from the fp32 weights (before _cast_weights)
         self.s2mel = S2Mel.from_folder(self.folder).to(self.device)
-        prepare_s2mel_(self.s2mel.cfm, self.precision["s2mel"])
-        self.vocoder = prepare_vocoder_(BigVGAN.from_folder(self.folder).to(self.device), self.precision["vocoder"])
-        self._cast_weights()
+        self.vocoder = BigVGAN.from_folder(self.folder).to(self.device)
+        apply_plan(self.plan, gpt=self.gpt, w2v=self.w2v, codec=self.codec, campplus=self.campplus,
+                   s2mel=self.s2mel, vocoder=self.vocoder)
         self.fingerprint = self.folder.fingerprint()
         # Registry entries and the clip cache are keyed by model AND conditioning precision: fp32 entries stay
         # exact, and an entry extracted at another precision is refused (re-register), never silently used.
@@ -200,24 +202,6 @@ class Engine:
         self._default_emovecs = _LRU(cache_size)  # hash of a speaker's features -> its own-emotion emovec
         self._emotion_text = None  # the emotion classifier, loaded on first use
         self.extractions = 0  # how many times reference features were extracted (tests read it)
-
-    def _cast_weights(self) -> None:
-        """Reduced-precision stages: store their Linear/Conv weights in bf16 once (precision.cast_weights_;
-        bit-identical to autocast's per-call casts). A module used by two stages is cast only when neither
-        runs in fp32."""
-        from .precision import cast_weights_
-
-        p = self.precision
-        both = "bf16" if "fp32" not in (p["conditioning"], p["s2mel"]) else "fp32"
-        g = self.gpt
-        for module, mode in [(self.w2v, p["conditioning"]), (self.campplus, p["conditioning"]),
-                             (g.conditioning_encoder, p["conditioning"]), (g.perceiver_encoder, p["conditioning"]),
-                             (g.emo_conditioning_encoder, p["conditioning"]),
-                             (g.emo_perceiver_encoder, p["conditioning"]), (g.emovec_layer, p["conditioning"]),
-                             (g.emo_layer, p["conditioning"]), (self.codec, both), (self.s2mel.length_regulator, both),
-                             (self.s2mel.cfm, p["s2mel"]), (self.s2mel.gpt_layer, p["s2mel"]),
-                             (self.vocoder, p["vocoder"])]:
-            cast_weights_(module, mode)
 
     # ---- reference audio -------------------------------------------------------------------------
     def _autocast(self, stage: str):

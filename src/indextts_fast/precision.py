@@ -43,52 +43,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import warnings
-from typing import Mapping, Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu import CpuCaps, detect
 from .errors import OptionError
 from .int8gemm import onednn_prepack, quantize_activations, quantize_int8
+from .kernels import ops
+from .plan import STAGE_CHOICES, STAGES, PrecisionPlan  # noqa: F401  (STAGES re-exported)
 
-STAGES = ("gpt", "s2mel", "vocoder", "conditioning")
-STAGE_CHOICES = {"gpt": ("fp32", "bf16", "int8", "int8dyn"), "s2mel": ("fp32", "bf16", "int8dyn"),
-                 "vocoder": ("fp32", "bf16"), "conditioning": ("fp32", "bf16")}
-MODES: dict[str, dict[str, str]] = {
-    "fp32": dict.fromkeys(STAGES, "fp32"),
-    "bf16": dict.fromkeys(STAGES, "bf16"),
-    "int8": {"gpt": "int8", "s2mel": "bf16", "vocoder": "bf16", "conditioning": "bf16"},
-    "int8dyn": {"gpt": "int8dyn", "s2mel": "bf16", "vocoder": "bf16", "conditioning": "bf16"},
-    "int8max": {"gpt": "int8dyn", "s2mel": "int8dyn", "vocoder": "bf16", "conditioning": "bf16"},
-}
-GEMV_ROWS = 8  # Int8Linear: up to this many rows use the int8 GEMV kernel, more rows a bf16 GEMM
-
-Precision = Union[None, str, Mapping[str, str]]
-
-
-def resolve_precision(precision: Precision = None) -> dict[str, str]:
-    """A mode name, a per-stage mapping or None (fp32) -> {stage: precision} for every stage."""
-    if precision is None:
-        return dict(MODES["fp32"])
-    if isinstance(precision, str):
-        if precision not in MODES:
-            raise OptionError(f"unknown precision {precision!r}; modes are {', '.join(MODES)} "
-                              f"(or a per-stage mapping over {', '.join(STAGES)})")
-        return dict(MODES[precision])
-    if not isinstance(precision, Mapping):
-        raise OptionError(f"precision must be a mode name or a {{stage: precision}} mapping, "
-                          f"got {type(precision).__name__}")
-    unknown = sorted(set(precision) - set(STAGES))
-    if unknown:
-        raise OptionError(f"unknown stage(s) {', '.join(map(str, unknown))} in precision; stages are {', '.join(STAGES)}")
-    out = dict(MODES["fp32"])
-    for stage, value in precision.items():
-        if value not in STAGE_CHOICES[stage]:
-            raise OptionError(f"precision {value!r} is not available for stage {stage!r}: choose one of "
-                              f"{', '.join(STAGE_CHOICES[stage])}")
-        out[stage] = value
-    return out
+GEMV_ROWS = 8  # the row-wise decode kernels serve up to this many rows (beams); more rows go to a GEMM
 
 
 def autocast(device: Union[str, torch.device], mode: str):
@@ -178,30 +145,79 @@ class BF16Linear(nn.Module):
 
 
 class Int8Linear(nn.Module):
-    """Weight-only int8 (per-output-channel scales), activations bf16, result fp32.
+    """Weight-only int8 (per-output-channel scales), result fp32.
 
-    <= GEMV_ROWS rows: `torch._weight_int8pack_mm` (reads the int8 weight once; CPU, MPS); more rows, or a
-    device without that kernel: the weight is dequantised to bf16 for one GEMM.
+    On x86 CPUs with AVX2 (our kernels): every row count through kernels/avx2.c (`ops.gemv_w8`: the packed
+    int8 weight read once per 4 outputs for all rows, each fp32 row taken as int16 with its own scale, exact
+    int32 sums, no saturation), except many rows (prefill, latent pass) on CPUs with native bf16 (AMX,
+    AVX512-BF16), which dequantise to bf16 for one bf16 GEMM. Without our kernels: 1-8 rows through
+    `torch._weight_int8pack_mm` with bf16 activations (CPU, MPS), more rows dequantised to bf16.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], caps: Optional[CpuCaps] = None):
         super().__init__()
         q, scale = quantize_int8(weight)
+        self.out_features = q.shape[0]
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.register_buffer("scale_f32", scale.float().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        packed = ops.pack_w8(q) if weight.device.type == "cpu" else None
+        self.register_buffer("packed", packed)
+        caps = caps or detect()
+        self.kernel_rows = GEMV_ROWS if caps.native_bf16 else None   # rows the kernel takes (None: any)
 
     def dequantized(self) -> torch.Tensor:
         return self.qweight.to(torch.bfloat16) * self.scale[:, None]
 
+    def step_bytes(self) -> int:
+        """Weight bytes one decode step reads through this layer (the packed copy where the kernel runs)."""
+        parts = (self.packed, self.scale_f32) if self.packed is not None else (self.qweight, self.scale)
+        return sum(t.numel() * t.element_size() for t in (*parts, self.bias) if t is not None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = _2d(x).to(torch.bfloat16)
+        x2 = _2d(x)
+        if self.packed is not None and (self.kernel_rows is None or x2.shape[0] <= self.kernel_rows):
+            y = ops.gemv_w8(x2.float().contiguous(), self.packed, self.out_features, self.scale_f32, self.bias,
+                            max_rows=x2.shape[0])
+            if y is not None:
+                return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+        x2 = x2.to(torch.bfloat16)
         if x2.shape[0] <= GEMV_ROWS and x2.device.type in ("cpu", "mps"):
             y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale)
         else:
             y = F.linear(x2, self.dequantized())
         y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
+
+
+class Fp32Linear(nn.Module):
+    """The exact fp32 product y = x·Wᵀ + b with W held (out, in) contiguous, swapped in for the GPT's
+    projections by the fp32 plan on the CPU. 1-8 rows (decode steps) go through our row kernels where they
+    beat oneMKL on this tier: on AVX-512 VNNI CPUs one row through `itf_gemv_f32` (oneMKL's one-row sgemv
+    uses one core), on AVX2 / AVX-512 CPUs without VNNI 1-8 rows through `ops.gemm_f32_rows` (oneMKL's
+    AVX2 path drops to ~60 % of the read bandwidth at 2-3 rows). Everything else: F.linear. Same float
+    products, summed in another order (the GPT goldens and e2e parity pass with it)."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], caps: Optional[CpuCaps] = None):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().float().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        caps = caps or detect()
+        on_cpu = weight.device.type == "cpu"
+        self.rows = 0 if not on_cpu or not caps.at_least("avx2") or caps.tier == "neon" else \
+            (1 if caps.vnni else GEMV_ROWS)
+        self.avx512 = caps.vnni
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = _2d(x)
+        if 0 < x2.shape[0] <= self.rows and x.dtype == torch.float32:
+            x2 = x2.contiguous()
+            y = (ops.gemv_f32(x2, self.weight, self.bias) if self.avx512
+                 else ops.gemm_f32_rows(x2, self.weight, self.bias))
+            if y is not None:
+                return y.reshape(*x.shape[:-1], -1)
+        return F.linear(x, self.weight, self.bias)
 
 
 def pack_vnni(q: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -251,7 +267,10 @@ class DynamicInt8Linear(nn.Module):
         q, scale = quantize_int8(weight)
         self.out_features, self.in_features = q.shape
         self.bias_f32 = None if bias is None else bias.detach().float().contiguous()
-        self.onednn = onednn_prepack(q)
+        # Without VNNI, oneDNN's and fbgemm's u8 x s8 products go through vpmaddubsw, whose int16 pair sums
+        # saturate (relative error 0.02-0.07 measured): fbgemm with 7-bit activations (reduce_range) instead.
+        self.reduce_range = not detect().vnni
+        self.onednn = None if self.reduce_range else onednn_prepack(q)
         self.packed = None
         if self.onednn is not None:
             self.register_buffer("onednn_scale", scale.float().contiguous())
@@ -266,7 +285,7 @@ class DynamicInt8Linear(nn.Module):
     def gemm(self, x: torch.Tensor) -> torch.Tensor:
         """Any number of contiguous fp32 rows: oneDNN (activations per tensor), else fbgemm."""
         if self.onednn is None:
-            return torch.ops.quantized.linear_dynamic(x, self.packed, False)
+            return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
         xq, scale, zp = quantize_activations(x, self.kernel)
         return torch.ops.onednn.qlinear_pointwise(xq, scale, zp, self.onednn, self.onednn_scale, self.onednn_zp,
                                                   self.bias_f32, 1.0, 0, torch.float32, "none", [], "")
@@ -355,7 +374,7 @@ def fused_int8_decode(model: nn.Module, x: torch.Tensor, cache) -> Optional[torc
     return model.gpt.ln_f(x)
 
 
-LINEARS = {"bf16": BF16Linear, "int8": Int8Linear, "int8dyn": DynamicInt8Linear}
+LINEARS = {"fp32": Fp32Linear, "bf16": BF16Linear, "int8": Int8Linear, "int8dyn": DynamicInt8Linear}
 
 
 def _out_in_weight(module: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -366,30 +385,39 @@ def _out_in_weight(module: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tens
     return module.weight.detach(), module.bias
 
 
-def convert_gpt_(model: nn.Module, mode: str) -> nn.Module:
-    """Swap the GPT-2 projections and mel_head of a loaded UnifiedVoice for `mode` linears, in place.
+def convert_gpt_(model: nn.Module, mode: str, caps: Optional[CpuCaps] = None) -> nn.Module:
+    """Swap the GPT-2 projections and mel_head of a loaded UnifiedVoice for `mode` linears, in place, once.
 
-    fp32 leaves the model untouched. The conditioning encoders, embeddings and norms stay fp32.
+    fp32 swaps in `Fp32Linear` (same values, our row kernels for decode steps where they pay). The conditioning
+    encoders, embeddings and norms stay fp32. Reduced-precision GPTs keep their KV cache in bf16 where our
+    AVX-512 decode attention reads it (VNNI tiers, GPUs), else in fp32.
     """
     from .models.gpt import Conv1D
 
     if mode not in STAGE_CHOICES["gpt"]:
         raise OptionError(f"GPT precision {mode!r}: choose one of {', '.join(STAGE_CHOICES['gpt'])}")
-    if mode == "fp32":
-        return model
+    if getattr(model, "precision", None) is not None:
+        raise OptionError(f"this GPT was already converted to {model.precision}; load a fresh one")
+    caps = caps or detect()
     cls = LINEARS[mode]
     targets = [(name, m) for name, m in model.gpt.named_modules() if isinstance(m, Conv1D)]
     for name, m in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.gpt.get_submodule(parent_name) if parent_name else model.gpt
-        setattr(parent, attr, cls(*_out_in_weight(m)))
-    model.mel_head = cls(*_out_in_weight(model.mel_head))
+        setattr(parent, attr, _linear(cls, m, caps))
+    model.mel_head = _linear(cls, model.mel_head, caps)
     model.precision = mode
-    model.kv_dtype = torch.bfloat16  # decoding.KVCache stores keys/values in bf16 for reduced-precision GPTs
+    if mode != "fp32" and (caps.vnni or model.final_norm.weight.device.type != "cpu"):
+        model.kv_dtype = torch.bfloat16  # decoding.KVCache keeps keys/values in bf16 (native.c's attention reads it)
     if mode == "int8dyn":   # decoding.decode_step tries it first (decode rows only)
         model._int8_block_table = _block_table(model)
         model.fused_decode = fused_int8_decode if model._int8_block_table is not None else None
     return model
+
+
+def _linear(cls, module: nn.Module, caps: CpuCaps) -> nn.Module:
+    weight, bias = _out_in_weight(module)
+    return cls(weight, bias, caps) if cls in (Fp32Linear, Int8Linear) else cls(weight, bias)
 
 
 def gpt_weight_bytes(model: nn.Module) -> int:
@@ -397,9 +425,43 @@ def gpt_weight_bytes(model: nn.Module) -> int:
     total = 0
     for part in (model.gpt, model.final_norm, model.mel_head):
         for m in part.modules():
-            if isinstance(m, DynamicInt8Linear):
+            if isinstance(m, (DynamicInt8Linear, Int8Linear)):
                 total += m.step_bytes()
             else:
                 total += sum(t.numel() * t.element_size()
                              for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
     return total
+
+
+# ---- the one place a plan is applied ----------------------------------------------------------------------
+
+def apply_plan(plan: PrecisionPlan, *, gpt: Optional[nn.Module] = None, w2v: Optional[nn.Module] = None,
+               codec: Optional[nn.Module] = None, campplus: Optional[nn.Module] = None,
+               s2mel: Optional[nn.Module] = None, vocoder: Optional[nn.Module] = None,
+               caps: Optional[CpuCaps] = None) -> None:
+    """Convert freshly loaded models for `plan`, in place, in the one order that is right: module swaps first
+    (the GPT's linears; S2Mel's int8 DiT products, quantised from the fp32 weights), then bf16 weight casts of
+    the stages that run under bf16 autocast. Engine, fidelity, the benches, profile and parity all call this;
+    pass whichever models you loaded. Modules two stages share (the semantic codec, S2Mel's length regulator)
+    are cast only when neither stage is fp32, as the engine runs them under both."""
+    caps = caps or detect()
+    cond = plan.conditioning
+    shared = "bf16" if "fp32" not in (cond, plan.s2mel) else "fp32"
+    if gpt is not None:
+        convert_gpt_(gpt, plan.gpt, caps)
+        for part in (gpt.conditioning_encoder, gpt.perceiver_encoder, gpt.emo_conditioning_encoder,
+                     gpt.emo_perceiver_encoder, gpt.emovec_layer, gpt.emo_layer):
+            cast_weights_(part, cond)
+    for module in (w2v, campplus):
+        if module is not None:
+            cast_weights_(module, cond)
+    if codec is not None:
+        cast_weights_(codec, shared)
+    if s2mel is not None:
+        prepare_s2mel_(s2mel.cfm, plan.s2mel)
+        cast_weights_(s2mel.cfm, plan.s2mel)
+        cast_weights_(s2mel.gpt_layer, plan.s2mel)
+        cast_weights_(s2mel.length_regulator, shared)
+    if vocoder is not None:
+        prepare_vocoder_(vocoder, plan.vocoder)
+        cast_weights_(vocoder, plan.vocoder)

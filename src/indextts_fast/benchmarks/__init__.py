@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            description=(module.__doc__ or name).strip())
         q.add_argument("--json", metavar="FILE", help="also write the results as JSON")
         q.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+        q.add_argument("--force-precision", action="store_true",
+                       help="time modes this CPU can only emulate too (refused otherwise; see `indextts-fast doctor`)")
         module.add_arguments(q)
         q.set_defaults(_bench=module.run)
 

@@ -8,7 +8,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Optional, Callable, Iterable, Sequence
 
 import torch
 
@@ -52,13 +52,15 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeat: int =
 
 
 def machine() -> dict:
-    from .. import mkl_vendor
-    from ..kernels import cpuinfo
+    from .. import cpu, mkl_vendor
+    from ..plan import make_plan
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpuinfo("model name") or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    caps = cpu.detect()
+    return {"cpu": caps.model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "load_avg_1m": load,
-            "mkl_code_paths": mkl_vendor.STATE}
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "capabilities": caps.as_dict(),
+            "auto_precision": make_plan("auto", caps).as_dict(), "mkl_code_paths": mkl_vendor.STATE}
 
 
 def table(rows: Iterable[dict], columns: Sequence[tuple[str, str, str]]) -> str:
@@ -98,29 +100,41 @@ def find_model_dir(explicit: str | None, needs: str, what: str):
                             f"set $INDEXTTS_FAST_FULLSIZE or pass --model-dir DIR); make one with: {make}")
 
 
-def stage_precisions(text: str, allowed: Sequence[str] = ("fp32", "bf16")) -> list[str]:
-    """--precision of the s2mel/vocoder benches: a comma list of `allowed` modes, in that order (fp32 first:
-    the reduced modes change the loaded model in place, so one model serves all, fp32 timed before)."""
+def stage_precisions(text: Optional[str], stage: str, force: bool = False) -> list[str]:
+    """--precision of a one-stage bench: a comma list of `stage`'s modes (or `auto`: this machine's choice for
+    it), fp32 first (the order of plan.STAGE_CHOICES), each validated against this CPU: a mode it can only
+    emulate is refused unless `force`. None: every mode of the stage that runs natively here."""
     from ..errors import OptionError
+    from ..plan import STAGE_CHOICES, make_plan
 
-    modes = [m.strip() for m in text.split(",") if m.strip()]
+    allowed = STAGE_CHOICES[stage]
+    if text is None:
+        return [m for m in allowed if force or not make_plan({stage: m}, force=True).emulated]
+    modes = [make_plan("auto")[stage] if m.strip() == "auto" else m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in allowed]
     if bad or not modes:
-        raise OptionError(f"--precision {text!r}: choose among {', '.join(allowed)} (comma-separated)")
+        raise OptionError(f"--precision {text!r}: choose among {', '.join([*allowed, 'auto'])} (comma-separated)")
+    for m in modes:
+        make_plan({stage: m}, force=force)   # raises naming the missing CPU feature
     return sorted(set(modes), key=list(allowed).index)
 
 
-def at_precision(model: torch.nn.Module, mode: str):
-    """Prepare `model` for `mode` as the engine does (an S2Mel's int8dyn DiT: int8 products swapped in,
-    precision.prepare_s2mel_; bf16 and int8dyn: weights cast once, precision.cast_weights_) and return
-    the context its calls run in (bf16 autocast, as the engine runs a reduced-precision stage)."""
-    from ..models.s2mel import S2Mel
-    from ..precision import autocast, cast_weights_, prepare_s2mel_
+def at_precision(model: torch.nn.Module, stage: str, mode: str):
+    """Convert a freshly loaded `stage` model for `mode` with `precision.apply_plan`, exactly as the engine
+    does, and return the context its calls run in (bf16 autocast for a reduced-precision stage)."""
+    from ..plan import make_plan
+    from ..precision import apply_plan, autocast
 
-    if isinstance(model, S2Mel):
-        prepare_s2mel_(model.cfm, mode)
-    cast_weights_(model, mode)
+    apply_plan(make_plan({stage: mode}, force=True), **{stage: model})
     return autocast("cpu", mode)
+
+
+def emulated(stage: str, mode: str) -> bool:
+    """Whether `mode` runs emulated for `stage` on this CPU (its peak probe is then kept small)."""
+    from ..cpu import detect
+    from ..plan import missing_feature
+
+    return missing_feature(stage, mode, detect()) is not None
 
 
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -138,9 +152,11 @@ def int8_gemm_peak(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-def precision_peak(precision: str) -> float:
-    """This machine's matmul FLOP/s in a stage precision's arithmetic (measured now; int8dyn: int8 op/s)."""
-    return int8_gemm_peak() if precision == "int8dyn" else matmul_peak(PEAK_DTYPES[precision])
+def precision_peak(precision: str, small: bool = False) -> float:
+    """This machine's matmul FLOP/s in a stage precision's arithmetic (measured now; int8dyn: int8 op/s).
+    `small`: a 256³ probe (for a mode this CPU emulates: 2048³ in emulated bf16 takes minutes)."""
+    n = 256 if small else 2048
+    return int8_gemm_peak(n) if precision == "int8dyn" else matmul_peak(PEAK_DTYPES[precision], n)
 
 
 def add_speedups(cases: list[dict], key: str, peaks: dict[str, list[float]]) -> dict[str, float]:

@@ -5,8 +5,8 @@ streaming-read bandwidth. Reported: prefill time, median per-step decode time, c
 beam count, the beam-step / single-step ratio, and the latent pass. Run on a full-size random folder:
 `indextts-fast make-checkpoint DIR --size full --only gpt`. `--baseline` also times the decode step
 with the official (in, out) weight layout (HF Conv1D's addmm) in the same run, for comparison.
-`--precision fp32,bf16,int8,int8dyn` (default) times every GPT precision side by side (see precision.py),
-each against the floor of ITS weight bytes (bf16 halves them, int8 quarters them).
+`--precision fp32,bf16,int8,int8dyn,auto` times GPT precisions side by side (default: every one this CPU runs
+natively; see plan.py), each against the floor of ITS weight bytes (bf16 halves them, int8 quarters them).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-codes", type=int, default=200, help="codes in the timed latent pass (default 200)")
     p.add_argument("--generate-codes", type=int, default=24,
                    help="codes of the timed end-to-end generate() per beam count (0 skips; default 24)")
-    p.add_argument("--precision", default="fp32,bf16,int8,int8dyn",
-                   help="comma-separated GPT precisions to time side by side (default fp32,bf16,int8,int8dyn)")
+    p.add_argument("--precision", default=None,
+                   help="comma-separated GPT modes (fp32, bf16, int8, int8dyn) or auto, side by side; default: "
+                        "every mode that runs natively on this CPU")
     p.add_argument("--baseline", action="store_true",
                    help="also time the decode step with the official (in, out) weight layout")
 
@@ -84,15 +85,14 @@ def _generate_times(model, spk_latent, text, emovec, args) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..precision import convert_gpt_
-    from .common import find_model_dir, machine, read_bandwidth, table
+    from .common import find_model_dir, machine, read_bandwidth, stage_precisions, table
 
     args.model_dir = find_model_dir(args.model_dir, "gpt.pth", "GPT weights")
     bandwidth = read_bandwidth()
     result = {"machine": machine(), "model_dir": str(args.model_dir), "text_tokens": args.text_tokens,
               "context": args.context, "modes": [], "precisions": {}}
-    for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
-        result["precisions"][precision] = _run_precision(args, precision, result["modes"], convert_gpt_)
+    for precision in stage_precisions(args.precision, "gpt", args.force_precision):
+        result["precisions"][precision] = _run_precision(args, precision, result["modes"])
     # The floor uses the best bandwidth seen (measured before and after): contention only lowers it.
     bandwidth = max(bandwidth, read_bandwidth())
     result["read_bandwidth_GBps"] = bandwidth / 1e9
@@ -128,15 +128,16 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def _run_precision(args, precision: str, modes_out: list, convert_gpt_) -> dict:
+def _run_precision(args, precision: str, modes_out: list) -> dict:
     """Load the GPT in `precision`, time prefill, latent pass, decode steps and generate(); append the
     decode-step entries to modes_out; return this precision's summary."""
     from ..decoding import KVCache, prefill
     from ..models.gpt import Conv1D, load_gpt
-    from .common import summary, timed
+    from .common import at_precision, summary, timed
 
     t0 = time.perf_counter()
-    model = convert_gpt_(load_gpt(args.model_dir), precision)
+    model = load_gpt(args.model_dir)
+    at_precision(model, "gpt", precision)
     load_s = time.perf_counter() - t0
     cfg = model.cfg
     gen = torch.Generator().manual_seed(0)
@@ -153,20 +154,19 @@ def _run_precision(args, precision: str, modes_out: list, convert_gpt_) -> dict:
         codes = torch.randint(0, cfg.number_mel_codes - 2, (args.latent_codes,), generator=gen)
         latent_times = timed(lambda: model.latents(spk_latent, text, codes, emovec), args.repeat)
         out["latent_pass"] = {**summary(latent_times), "codes": args.latent_codes}
-        layouts = [("fast (out,in)", None)]
-        if args.baseline and precision == "fp32":
-            layouts.append(("official (in,out)", "official"))
-        for layout, flag in layouts:
-            if flag == "official":
-                for m in model.gpt.modules():
-                    if isinstance(m, Conv1D):
-                        m.weight = torch.nn.Parameter(m.weight.detach().contiguous(), requires_grad=False)
+        layouts = [("fast (out,in)", model)]
+        if args.baseline and precision == "fp32":   # torch's own F.linear/addmm on the official (in, out) layout
+            official = load_gpt(args.model_dir)
+            for m in official.gpt.modules():
+                if isinstance(m, Conv1D):
+                    m.weight = torch.nn.Parameter(m.weight.detach().contiguous(), requires_grad=False)
+            layouts.append(("official (in,out)", official))
+        for layout, timed_model in layouts:
             for beams in args.beams:
-                s = summary(_decode_times(model, prompt, valid, beams, args.context, args.steps))
+                s = summary(_decode_times(timed_model, prompt, valid, beams, args.context, args.steps))
                 modes_out.append({"precision": precision, "layout": layout, "beams": beams,
                                   "step_ms": s["median_s"] * 1e3, "step_min_ms": s["min_s"] * 1e3,
                                   "codes_per_s": 1.0 / s["median_s"], "weight_bytes": wbytes})
-        if args.baseline and precision == "fp32":
-            model.fast_layout_()
+        del layouts
         out["generate"] = _generate_times(model, spk_latent, text, emovec, args) if args.generate_codes else []
     return out

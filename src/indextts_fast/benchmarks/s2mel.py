@@ -38,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="timed calls per case (default 3)")
     p.add_argument("--cfg-rate", type=float, default=0.7, help="classifier-free guidance (default 0.7)")
     p.add_argument("--keep-denormals", action="store_true", help="do not flush float32 denormals to zero")
-    p.add_argument("--precision", default="fp32,bf16",
-                   help="comma-separated: fp32, bf16, int8dyn (default fp32,bf16, side by side; the engine's stages)")
+    p.add_argument("--precision", default=None,
+                   help="comma-separated modes of the stage (fp32, bf16, int8dyn) or auto, side by side; "
+                        "default: every mode that runs natively on this CPU")
 
 
 def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch.Tensor, batch: int,
@@ -63,7 +64,7 @@ def step_flops(estimator, mu: torch.Tensor, prompt_x: torch.Tensor, style: torch
 def run(args: argparse.Namespace) -> dict:
     from ..config import ModelFolder
     from ..models.s2mel import S2Mel, target_length
-    from .common import add_speedups, at_precision, machine, precision_peak, stage_precisions, table
+    from .common import add_speedups, at_precision, emulated, machine, precision_peak, stage_precisions, table
 
     torch.set_flush_denormal(not args.keep_denormals)
     from .common import find_model_dir
@@ -73,9 +74,9 @@ def run(args: argparse.Namespace) -> dict:
     cfg = folder.config.s2mel
     hop, sr = cfg.preprocess_params.spect_params.hop_length, cfg.preprocess_params.sr
     prompt_frames = int(args.prompt_seconds * sr) // hop
-    modes = stage_precisions(args.precision, ("fp32", "bf16", "int8dyn"))
+    modes = stage_precisions(args.precision, "s2mel", args.force_precision)
     # re-measured after every case; the best one is this machine's peak for that precision
-    peaks = {m: [precision_peak(m)] for m in modes}
+    peaks = {m: [precision_peak(m, emulated("s2mel", m))] for m in modes}
     gen = torch.Generator().manual_seed(0)
     inputs = []
     for codes in args.codes:
@@ -89,11 +90,12 @@ def run(args: argparse.Namespace) -> dict:
                         prompt_frames) for _, T, mu, prompt, style in inputs]
     cases = []
     for precision in modes:
-        context = at_precision(model, precision)
+        model = model if precision == "fp32" else S2Mel.from_folder(folder)   # converted from fresh fp32 weights
+        context = at_precision(model, "s2mel", precision)
         for (codes, T, mu, prompt, style), step in zip(inputs, flops):
             cases.append(_case(model, args, precision, context, codes, T, mu, prompt, style, prompt_frames, hop, sr,
                                step))
-            peaks[precision].append(precision_peak(precision))
+            peaks[precision].append(precision_peak(precision, emulated("s2mel", precision)))
     peak = add_speedups(cases, "s_per_step", peaks)
     result = {"bench": "s2mel", "machine": machine(), "model_dir": str(folder.root),
               "dit": {"hidden": cfg.DiT.hidden_dim, "depth": cfg.DiT.depth, "heads": cfg.DiT.num_heads,

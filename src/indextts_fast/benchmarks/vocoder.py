@@ -30,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="audio seconds per case (default 1 5 10)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per case (default 3)")
     p.add_argument("--keep-denormals", action="store_true", help="do not flush float32 denormals to zero")
-    p.add_argument("--precision", default="fp32,bf16",
-                   help="comma-separated: fp32, bf16 (default both, side by side; bf16 = the engine's bf16 stage)")
+    p.add_argument("--precision", default=None,
+                   help="comma-separated modes of the stage (fp32, bf16) or auto, side by side; "
+                        "default: every mode that runs natively on this CPU")
 
 
 def conv_flops(model, mel: torch.Tensor) -> float:
@@ -47,15 +48,15 @@ def conv_flops(model, mel: torch.Tensor) -> float:
 def run(args: argparse.Namespace) -> dict:
     from ..config import ModelFolder
     from ..models.bigvgan import BigVGAN
-    from ..precision import prepare_vocoder_
-    from .common import add_speedups, at_precision, machine, precision_peak, stage_precisions, summary, table, timed
+    from .common import (add_speedups, at_precision, emulated, machine, precision_peak, stage_precisions, summary,
+                         table, timed)
 
     torch.set_flush_denormal(not args.keep_denormals)
     folder = ModelFolder(find_model_dir(args.model_dir, "hf_cache/bigvgan/bigvgan_generator.pt", "BigVGAN weights"))
     model = BigVGAN.from_folder(folder)
     sr = int(model.cfg.model_extra.get("sampling_rate", 22050))
-    modes = stage_precisions(args.precision)
-    peaks = {m: [precision_peak(m)] for m in modes}  # best of the measurements after every case
+    modes = stage_precisions(args.precision, "vocoder", args.force_precision)
+    peaks = {m: [precision_peak(m, emulated("vocoder", m))] for m in modes}  # best of the measurements after every case
     gen = torch.Generator().manual_seed(0)
     mels = []
     for seconds in args.seconds:
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> dict:
         mels.append((frames, torch.randn(1, model.cfg.num_mels, frames, generator=gen) - 5))
     cases = []
     for precision in modes:
-        context = at_precision(prepare_vocoder_(model, precision), precision)
+        model = model if precision == "fp32" else BigVGAN.from_folder(folder)   # converted from fresh fp32 weights
+        context = at_precision(model, "vocoder", precision)
         for frames, mel in mels:
             audio_s = frames * model.hop_length / sr
             with torch.inference_mode(), context:
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
                           "s_per_audio_second": s / audio_s, "s_per_audio_second_min": min(times) / audio_s,
                           "official_s_per_audio_second": OFFICIAL_S_PER_AUDIO_SECOND if precision == "fp32" else None,
                           "gflop_per_audio_second": flops / audio_s / 1e9, "gflops": flops / s / 1e9})
-            peaks[precision].append(precision_peak(precision))
+            peaks[precision].append(precision_peak(precision, emulated("vocoder", precision)))
     peak = add_speedups(cases, "s_per_call", peaks)
     result = {"bench": "vocoder", "machine": machine(), "model_dir": str(folder.root),
               "upsample_initial_channel": model.cfg.upsample_initial_channel, "hop_length": model.hop_length,

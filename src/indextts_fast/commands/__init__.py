@@ -50,24 +50,32 @@ def add_engine_arguments(p: argparse.ArgumentParser, model_required: bool = True
 
 
 def add_precision_argument(p: argparse.ArgumentParser, default: str = "fp32", many: bool = False) -> None:
-    # Names as in precision.MODES / STAGES (not imported here: parsers stay free of torch).
+    # Names as in plan.MODES / STAGES (plan.py is torch-free: parsing needs no torch).
     what = "comma-separated modes" if many else "a mode"
     p.add_argument("--precision", default=default, metavar="MODE" + ("[,MODE...]" if many else ""),
-                   help=f"{what}: fp32 (exact parity, default), bf16, int8 (GPT int8 weights + the rest bf16), "
-                        "int8dyn (GPT int8 weights and activations + the rest bf16), int8max (int8dyn with the "
-                        "S2Mel DiT's products in int8 too: the fastest CPU mode), or per stage "
+                   help=f"{what}: fp32 (exact parity, default), auto (per stage the fastest mode this CPU runs "
+                        "natively within the fidelity thresholds: `indextts-fast doctor` shows it), bf16, int8 (GPT "
+                        "int8 weights + the rest bf16), int8dyn (GPT int8 weights and activations + the rest bf16), "
+                        "int8max (int8dyn with the S2Mel DiT's products in int8 too), or per stage "
                         "(gpt/s2mel/vocoder/conditioning) as STAGE=P joined by '+', e.g. gpt=int8+s2mel=bf16")
+    p.add_argument("--force-precision", action="store_true",
+                   help="run a mode this CPU can only emulate (e.g. bf16 without AVX512-BF16/AMX) instead of refusing it")
 
 
 def parse_precision(text: str):
-    """'bf16' -> 'bf16'; 'gpt=int8+s2mel=bf16' -> {'gpt': 'int8', 's2mel': 'bf16'} (validated by the engine)."""
-    if "=" not in text:
-        return text.strip()
-    out = {}
-    for part in text.split("+"):
-        stage, _, value = part.partition("=")
-        out[stage.strip()] = value.strip()
-    return out
+    """'bf16' -> 'bf16'; 'gpt=int8+s2mel=bf16' -> {'gpt': 'int8', 's2mel': 'bf16'} (plan.parse_precision)."""
+    from ..plan import parse_precision as parse
+
+    return parse(text)
+
+
+def check_precisions(args: argparse.Namespace) -> list:
+    """--precision (comma-separated) validated against this machine before anything loads: the plans."""
+    from ..plan import make_plan
+
+    device = getattr(args, "device", "cpu")
+    return [make_plan(parse_precision(m), device=device, force=args.force_precision)
+            for m in args.precision.split(",") if m.strip()]
 
 
 def open_store(args: argparse.Namespace):
@@ -80,4 +88,5 @@ def open_engine(args: argparse.Namespace, model_dir=None):
     from ..pipeline import Engine
 
     return Engine(model_dir or args.model_dir, device=args.device, threads=args.threads, store=open_store(args),
-                  precision=parse_precision(getattr(args, "precision", "fp32")))
+                  precision=parse_precision(getattr(args, "precision", "fp32")),
+                  force_precision=getattr(args, "force_precision", False))

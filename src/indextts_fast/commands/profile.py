@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import add_precision_argument, add_settings_arguments, add_store_argument, parse_precision, settings_overrides
+from . import add_precision_argument, add_settings_arguments, add_store_argument, check_precisions, settings_overrides
 
 DEFAULT_TEXT = ("The morning train was late again, so she walked along the river and "
                 "watched the boats drift slowly past the old stone bridge.")
@@ -94,12 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.warmup < 0:
         raise OptionError("--runs must be >= 1 and --warmup >= 0")
-    from ..precision import resolve_precision
-
     presets = [n.strip() for n in args.presets.split(",") if n.strip()]
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    for p in precisions:
-        resolve_precision(parse_precision(p))  # validates before loading
+    plans = dict(zip(precisions, check_precisions(args)))  # validated against this CPU before loading
     plain = precisions == ["fp32"]  # the original behaviour: columns are preset names
     columns = [(pre, prec, pre if plain else f"{pre}@{prec}") for prec in precisions for pre in presets]
     names = [c[2] for c in columns]
@@ -110,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = default_random_model(store_dir) if random_model else Path(args.model_dir)
     voice = Path(args.voice) if args.voice else synthetic_prompt(
         store_dir / "prompts" / f"synthetic-{args.prompt_seconds:g}s.wav", args.prompt_seconds)
-    engine = Engine(model_dir, device=args.device, threads=args.threads, store=None,
-                    precision=parse_precision(precisions[0]))
+    engine = Engine(model_dir, device=args.device, threads=args.threads, store=None, precision=plans[precisions[0]])
     n_tokens = sum(len(s) for s in engine.text.segments_for_synthesis(args.text, 10**6))
     codes = args.codes if args.codes is not None else (CODES_PER_TOKEN * n_tokens if random_model else None)
     if random_model:
@@ -121,10 +117,9 @@ def run(args: argparse.Namespace) -> int:
     results, per_preset = {}, {}
     bar = tqdm(total=len(names) * (args.runs + args.warmup), desc="profile", unit="run", file=sys.stderr)
     for _, prec, name in columns:
-        if engine.precision != resolve_precision(parse_precision(prec)):
+        if engine.plan != plans[prec]:
             engine = None  # free the previous mode's weights first
-            engine = Engine(model_dir, device=args.device, threads=args.threads, store=None,
-                            precision=parse_precision(prec))
+            engine = Engine(model_dir, device=args.device, threads=args.threads, store=None, precision=plans[prec])
         runs = []
         for i in range(args.warmup + args.runs):
             if not args.cached_speaker:
@@ -137,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update()
         per_preset[name] = run_statistics(runs)
         results[name] = {"settings": all_settings[name].as_dict(), "precision": dict(engine.precision),
+                         "plan": engine.plan.describe(),
                          **per_preset[name],
                          "runs_detail": [t.as_dict() for t in runs]}
     bar.close()

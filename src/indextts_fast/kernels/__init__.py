@@ -45,28 +45,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-SOURCES = ("native.c", "gpt_step.c", "attention.c", "simd.h", "kernels.h")   # the .c files are compiled into one library
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
+from ..cpu import cpuinfo, detect  # noqa: F401  (cpuinfo re-exported: mkl_vendor, benches)
+
+SOURCES = ("native.c", "gpt_step.c", "attention.c", "avx2.c", "simd.h", "kernels.h")   # the .c files: one library
+FLAGS = ["-O3", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
+PORTABLE_SOURCES = ("avx2.c",)     # the AVX2 + FMA tier's library
+PORTABLE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")   # attention.c (compiled for them per function)
 BF16_DOT_FLAGS = ("avx512_bf16",)                       # attention.c without AMX (VDPBF16PS)
 
 
-def cpuinfo(field: str) -> str:
-    """The first `field` line of /proc/cpuinfo ("flags", "vendor_id", "model name"), "" where there is none."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.split(":", 1)[0].strip() == field), "")
-
-
-def _cpu_flags() -> list[str]:
-    return cpuinfo("flags").split()
-
-
 def cpu_supports(flags=CPU_FLAGS) -> bool:
-    have = _cpu_flags()
+    """Whether the CPU, as `cpu.detect()` sees it (a forced lower tier included), has every flag."""
+    have = detect().flags
     return all(f in have for f in flags)
 
 
@@ -95,26 +87,68 @@ def build(sources: dict[str, bytes], target: Path, flags=FLAGS) -> None:
         os.replace(out, target)  # atomic: concurrent builders never see half a file
 
 
-@functools.lru_cache(maxsize=None)
-def load() -> Optional[ctypes.CDLL]:
-    """The kernel library, built and loaded once per process; None when unavailable (see module doc)."""
+_warned: list[str] = []
+
+
+def _warn_once(message: str) -> None:
+    """One warning per process for kernels that cannot be had (not one per library variant)."""
+    if not _warned:
+        import warnings
+
+        _warned.append(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _library(sources_names, flags, prefix: str) -> Optional[ctypes.CDLL]:
+    """Build (once, cached under the data folder, keyed by the sources' hash and flags) and load a library."""
     import torch  # noqa: F401  (torch's libgomp must be loaded first so the kernel shares its thread pool)
 
     from ..paths import default_store_dir
 
-    if os.environ.get("INDEXTTS_FAST_KERNELS", "1") == "0" or not cpu_supports():
-        return None
-    sources = {name: resources.files(__package__).joinpath(name).read_bytes() for name in SOURCES}
-    digest = hashlib.sha256(b"".join(sources.values()) + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = default_store_dir() / "kernels" / f"native-{digest}.so"
+    sources = {name: resources.files(__package__).joinpath(name).read_bytes() for name in sources_names}
+    digest = hashlib.sha256(b"".join(sources.values()) + " ".join(flags).encode()).hexdigest()[:16]
+    target = default_store_dir() / "kernels" / f"{prefix}-{digest}.so"
     try:
         if not target.exists():
-            build(sources, target)
+            build(sources, target, flags)
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError) as e:
-        import warnings
+        _warn_once(f"native kernels unavailable, using torch's and fbgemm's instead: {e}")
+        return None
+    _declare_portable(lib)
+    return lib
 
-        warnings.warn(f"native kernels unavailable, using torch's and fbgemm's instead: {e}", RuntimeWarning, stacklevel=2)
+
+def _enabled() -> bool:
+    return os.environ.get("INDEXTTS_FAST_KERNELS", "1") != "0"
+
+
+@functools.lru_cache(maxsize=None)
+def portable() -> Optional[ctypes.CDLL]:
+    """The library with the AVX2 kernels (avx2.c): `load()`'s where the CPU has AVX-512 VNNI, else an
+    AVX2-only build; None below AVX2 (or on a CPU that is not x86-64), without a compiler, or with
+    $INDEXTTS_FAST_KERNELS=0."""
+    if not _enabled():
+        return None
+    full = load()
+    if full is not None:
+        return full
+    caps = detect()
+    if not caps.at_least("avx2") or caps.tier == "neon":
+        if caps.arch not in ("x86_64", "AMD64"):
+            _warn_once(f"native kernels are x86-64 only ({caps.arch}): using torch's kernels")
+        return None
+    return _library(PORTABLE_SOURCES, PORTABLE_FLAGS, "avx2")
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> Optional[ctypes.CDLL]:
+    """The AVX-512 kernel library (every kernel), built and loaded once per process; None when unavailable
+    (see module doc)."""
+    if not _enabled() or not cpu_supports():
+        return None
+    lib = _library(SOURCES, FLAGS, "native")
+    if lib is None:
         return None
     fn = lib.itf_gemv_s8
     fn.restype = ctypes.c_int
@@ -155,3 +189,11 @@ def load() -> Optional[ctypes.CDLL]:
     lib.amx = cpu_supports(AMX_FLAGS) and lib.itf_amx_init() == 0   # the AMX tiles may only be used when this holds
     lib.bf16_dot = cpu_supports(BF16_DOT_FLAGS)                      # VDPBF16PS
     return lib
+
+
+def _declare_portable(lib: ctypes.CDLL) -> None:
+    """argtypes of avx2.c's kernels (in every library)."""
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    for fn in (lib.itf_gemv_w8_f32, lib.itf_gemm_f32_rows):   # x, M, K, W (N, K), scale or NULL, bias or NULL, N, y
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ptr, i32, i32, ptr, ptr, ptr, i32, ptr]

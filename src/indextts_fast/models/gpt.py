@@ -66,31 +66,7 @@ class Conv1D(nn.Module):
         self.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=self.weight.requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = fp32_gemv(x, self.weight.t(), self.bias)
-        return F.linear(x, self.weight.t(), self.bias) if y is None else y
-
-
-def fp32_gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """x·Wᵀ + b for ONE fp32 row on the CPU (a 1-beam decode step) through kernels/native.c's itf_gemv_f32,
-    which reads the (out, in) weight with every core (oneMKL's 1-row sgemv uses one; its 2+ row GEMM uses
-    all): None when x, W or the CPU do not qualify (the caller then uses F.linear). Float rounding as
-    F.linear's, in another order (the GPT goldens and e2e parity pass with it)."""
-    if not (x.dim() == 2 and x.shape[0] == 1 and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
-            and weight.is_contiguous() and x.shape[1] % 16 == 0 and (bias is None or bias.dtype == torch.float32)
-            and not (torch.is_grad_enabled() and weight.requires_grad)):
-        return None
-    from ..kernels import load
-
-    lib = load()
-    if lib is None:
-        return None
-    x = x.contiguous()
-    y = torch.empty(1, weight.shape[0])
-    b = None if bias is None else bias.detach().contiguous()
-    if lib.itf_gemv_f32(x.data_ptr(), x.shape[1], weight.data_ptr(), None if b is None else b.data_ptr(),
-                        weight.shape[0], y.data_ptr()):
-        return None
-    return y
+        return F.linear(x, self.weight.t(), self.bias)
 
 
 class GPT2Attention(nn.Module):
@@ -297,8 +273,7 @@ class UnifiedVoice(nn.Module):
         Official quirk (SPEC-gpt §15.7): two LayerNorms in a row, `gpt.ln_f` then `final_norm`.
         """
         h = self.final_norm(hidden)
-        y = fp32_gemv(h, self.mel_head.weight, self.mel_head.bias) if type(self.mel_head) is nn.Linear else None
-        return self.mel_head(h) if y is None else y
+        return self.mel_head(h)
 
     def prompt(self, spk_latent: torch.Tensor, text_ids: torch.Tensor, emovec: torch.Tensor):
         """Generation prompt (`prepare_gpt_inputs`): (1, P, D) embeddings and a (P,) key-validity mask.

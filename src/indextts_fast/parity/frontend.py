@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from ..plan import make_plan
+from ..precision import apply_plan
 from . import CaseResult, Goldens, check_fact, compare
 
 STAGE = "frontend"
@@ -70,6 +72,7 @@ def check(ref_dir: Path) -> Iterator[CaseResult]:
     w2v = SemanticFeatures.from_folder(folder)
     codec = SemanticCodec.from_folder(folder)
     campplus = CAMPPlus.from_folder(folder)
+    apply_plan(make_plan("fp32"), w2v=w2v, codec=codec, campplus=campplus)   # as the engine prepares them
 
     def cmp(case_id: str, name: str, got) -> CaseResult:
         quantity = name.split(".", 1)[1]

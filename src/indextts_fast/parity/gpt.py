@@ -14,6 +14,8 @@ from typing import Iterator
 
 import torch
 
+from ..plan import make_plan
+from ..precision import apply_plan
 from ..decoding import (DecodingOptions, MaxMelTokensWarning, apply_repetition_penalty, apply_top_k,
                         generate, process_scores, trim_codes)
 from ..emotion import EmotionMatrices, emovec_from_weights
@@ -282,6 +284,7 @@ def check(ref_dir: Path) -> Iterator[CaseResult]:
     ref_dir = Path(ref_dir)
     goldens = Goldens(ref_dir, STAGE)
     model = load_gpt(ref_dir)
+    apply_plan(make_plan("fp32"), gpt=model)   # the engine's exact path (its fp32 decode kernels)
     with torch.inference_mode():
         for case in goldens.manifest["cases"]:
             c = _Case(goldens, case)

@@ -12,6 +12,8 @@ from typing import Iterator
 
 import torch
 
+from ..plan import make_plan
+from ..precision import apply_plan
 from . import CaseResult, Goldens, check_fact, compare
 
 STAGE = "s2mel"
@@ -37,6 +39,7 @@ def check(ref_dir: Path) -> Iterator[CaseResult]:
     g = Goldens(ref_dir, STAGE)
     folder = ModelFolder(ref_dir)
     model = S2Mel.from_folder(folder)
+    apply_plan(make_plan("fp32"), s2mel=model)   # as the engine prepares it
     yield check_fact(STAGE, "load.strict", True)
     for case in g.manifest["cases"]:
         cid, atol = case["id"], _atol(case)

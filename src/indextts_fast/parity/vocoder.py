@@ -8,6 +8,8 @@ from typing import Iterator
 
 import torch
 
+from ..plan import make_plan
+from ..precision import apply_plan
 from . import CaseResult, Goldens, check_fact, compare
 
 STAGE = "vocoder"
@@ -20,6 +22,7 @@ def check(ref_dir: Path) -> Iterator[CaseResult]:
 
     g = Goldens(ref_dir, STAGE)
     model = BigVGAN.from_folder(ModelFolder(ref_dir))
+    apply_plan(make_plan("fp32"), vocoder=model)   # as the engine prepares it
     yield check_fact(STAGE, "load.strict", True)
     for case in g.manifest["cases"]:
         cid, tol = case["id"], case.get("tolerance", {})
