@@ -18,7 +18,6 @@ Measured divergence from fp32: `indextts-fast fidelity --precision s2mel=int8dyn
 
 from __future__ import annotations
 
-import ctypes
 from typing import Optional
 
 import torch
@@ -44,25 +43,37 @@ def onednn_prepack(q: torch.Tensor):
         return None
 
 
-def quantize_activations(x: torch.Tensor, kernel=None) -> tuple[torch.Tensor, float, int]:
-    """Contiguous fp32/bf16 x -> (uint8 x, scale, zero point): x ≈ (q - zp)·scale per tensor, 0 exact.
-    `kernel`: the C library (kernels.load()) for one pass, or None for torch ops (same formula)."""
-    if kernel is not None and x.dtype in (torch.float32, torch.bfloat16):
-        xq, s, z = torch.empty(x.shape, dtype=torch.uint8), ctypes.c_float(), ctypes.c_int()
-        fn = kernel.itf_quantize_u8 if x.dtype == torch.float32 else kernel.itf_quantize_u8_bf16
-        fn(x.data_ptr(), x.numel(), xq.data_ptr(), ctypes.byref(s), ctypes.byref(z))
-        return xq, s.value, z.value
+def quantize_activations(x: torch.Tensor, kernel=None, qmax: int = 255) -> tuple[torch.Tensor, float, int]:
+    """Contiguous fp32/bf16 x -> (uint8 x in [0, qmax], scale, zero point): x ≈ (q - zp)·scale per tensor, 0
+    exact. qmax 127 on CPUs without VNNI: their u8 x s8 products (vpmaddubsw) add pairs in int16, which 8-bit
+    activations can saturate (relative error 0.015-0.02 per product measured, 2e-2 on the tiny model's mel)
+    and 7-bit ones cannot. `kernel`: any of our kernel libraries (kernels.load() or kernels.portable()) for one
+    C pass where one takes x (kernels.ops.quantize_u8), or None for torch ops (same formula)."""
+    if kernel is not None:
+        from .kernels import ops
+
+        got = ops.quantize_u8(x, qmax)
+        if got is not None:
+            return got
     lo, hi = float(x.min().clamp(max=0)), float(x.max().clamp(min=0))
-    scale = (hi - lo) / 255 if hi > lo else 1.0
-    zp = int(min(max(round(-lo / scale), 0), 255))
-    return torch.clamp(torch.round(x.float() * (1.0 / scale)) + zp, 0, 255).to(torch.uint8), scale, zp
+    scale = (hi - lo) / qmax if hi > lo else 1.0
+    zp = int(min(max(round(-lo / scale), 0), qmax))
+    return torch.clamp(torch.round(x.float() * (1.0 / scale)) + zp, 0, qmax).to(torch.uint8), scale, zp
+
+
+def activation_levels() -> int:
+    """The largest activation level this CPU's u8 x s8 GEMMs take without saturating: 255 with VNNI, else 127."""
+    from .cpu import detect
+
+    return 255 if detect().vnni else 127
 
 
 class Int8GemmLinear(nn.Module):
-    """y = x·Wᵀ + b as one oneDNN int8 GEMM (module doc); any (..., in) fp32/bf16 x -> (..., out) bf16.
-    `conv_time_major` applies the same weights as a 1-D convolution (built by `from_conv`)."""
+    """y = x·Wᵀ + b as one oneDNN int8 GEMM (module doc); any (..., in) fp32/bf16 x -> (..., out) `out_dtype`
+    (bf16 in a bf16 stage, fp32 in an fp32 one). `conv_time_major` applies the same weights as a 1-D
+    convolution (built by `from_conv`)."""
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], out_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         from . import kernels
 
@@ -76,31 +87,33 @@ class Int8GemmLinear(nn.Module):
         self.register_buffer("scale", scale.float().contiguous())
         self.register_buffer("zero_points", torch.zeros(q.shape[0], dtype=torch.long))
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
-        self.kernel = kernels.load()
+        self.kernel = kernels.portable()   # the activation quantiser (AVX-512 or AVX2 library)
+        self.qmax = activation_levels()
+        self.out_dtype = out_dtype
         self.kernel_size = self.dilation = 1
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv1d) -> "Int8GemmLinear":
+    def from_conv(cls, conv: nn.Conv1d, out_dtype: torch.dtype = torch.bfloat16) -> "Int8GemmLinear":
         """A stride-1 Conv1d (out, in, k) as the product of its im2col rows: W[o, j·in + c] = w[o, c, j]."""
         w = conv.weight.detach()
-        module = cls(w.permute(0, 2, 1).reshape(w.shape[0], -1), conv.bias)
+        module = cls(w.permute(0, 2, 1).reshape(w.shape[0], -1), conv.bias, out_dtype)
         module.kernel_size, module.dilation = conv.kernel_size[0], conv.dilation[0]
         return module
 
     def _gemm(self, xq: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
         return torch.ops.onednn.qlinear_pointwise(xq, scale, zp, self.packed, self.scale, self.zero_points,
-                                                  self.bias, 1.0, 0, torch.bfloat16, "none", [], "")
+                                                  self.bias, 1.0, 0, self.out_dtype, "none", [], "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        return self._gemm(*quantize_activations(x2, self.kernel)).reshape(*x.shape[:-1], self.out_features)
+        return self._gemm(*quantize_activations(x2, self.kernel, self.qmax)).reshape(*x.shape[:-1], self.out_features)
 
     def conv_time_major(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution, no padding, of a time-major x (B, Tp, in) -> (B, Tp - (k-1)·dilation, out):
         x quantised once, then its im2col rows (uint8, k·in wide) through the GEMM."""
         B, Tp, C = x.shape
         T = Tp - (self.kernel_size - 1) * self.dilation
-        xq, scale, zp = quantize_activations(x.contiguous(), self.kernel)
+        xq, scale, zp = quantize_activations(x.contiguous(), self.kernel, self.qmax)
         cols = xq.as_strided((B, T, self.kernel_size, C), (Tp * C, C, self.dilation * C, 1))
         return self._gemm(cols.reshape(B * T, self.kernel_size * C), scale, zp).view(B, T, self.out_features)
 
@@ -117,15 +130,17 @@ TRANSFORMER_PRODUCTS = ("attention.wqkv", "attention.wo", "feed_forward.w1", "fe
 DIT_PRODUCTS = ("cond_projection",)
 
 
-def convert_dit_(estimator: nn.Module) -> nn.Module:
+def convert_dit_(estimator: nn.Module, out_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Swap the large products of a loaded DiT for int8 GEMMs (module doc), in place; call it before the
-    stage's bf16 cast so the weights are quantised from fp32. Returns the estimator."""
+    stage's bf16 cast so the weights are quantised from fp32. `out_dtype` bf16: S2Mel `int8dyn` (a bf16 stage;
+    fp32: S2Mel `int8` (an fp32 stage for CPUs without native bf16). The WaveNet convolutions are int8 GEMMs
+    of their im2col rows in both (time-major). Returns the estimator."""
     def swap(owner: nn.Module, path: str) -> None:
         parent_name, _, attr = path.rpartition(".")
         parent = owner.get_submodule(parent_name) if parent_name else owner
         linear = getattr(parent, attr, None)
         if isinstance(linear, nn.Linear):
-            setattr(parent, attr, Int8GemmLinear(linear.weight, linear.bias))
+            setattr(parent, attr, Int8GemmLinear(linear.weight, linear.bias, out_dtype))
 
     for layer in estimator.transformer.layers:
         for path in TRANSFORMER_PRODUCTS:
@@ -134,6 +149,6 @@ def convert_dit_(estimator: nn.Module) -> nn.Module:
         swap(estimator, path)
     wavenet = estimator.wavenet
     for layer in [*wavenet.in_layers, *wavenet.res_skip_layers]:
-        layer.int8 = Int8GemmLinear.from_conv(layer.conv.conv)
-    estimator.precision = "int8dyn"
+        layer.int8 = Int8GemmLinear.from_conv(layer.conv.conv, out_dtype)
+    estimator.precision = "int8dyn" if out_dtype == torch.bfloat16 else "int8"
     return estimator

@@ -6,15 +6,18 @@ the stages' choices and against the CPU (`cpu.detect()`): a stage mode this CPU 
 with the missing feature named, unless `force=True`. `auto` is, per stage, the fastest mode that runs natively
 here and stays within the fidelity thresholds (tests/test_fidelity.py enforces them on the tiny model):
 
-    tier                     gpt      s2mel    vocoder  conditioning   measured (README "Precision modes")
+    tier                     gpt      s2mel    vocoder  conditioning
     amx, avx512_bf16         int8dyn  int8dyn  bf16     bf16           = int8max
-    avx512_vnni              int8dyn  fp32     fp32     fp32           VNNI int8 GEMV; bf16 would be emulated
-    avx512, avx2             int8     fp32     fp32     fp32           AVX2 weight-only int8 GEMV (kernels/avx2.c)
+    avx512_vnni              int8dyn  int8     fp32     fp32           bf16 would be emulated
+    avx512, avx2             int8     int8     fp32     fp32           GPT: kernels/avx2.c; DiT: oneDNN, 7-bit activations
     generic, neon, non-CPU   fp32     fp32     fp32     fp32           nothing of ours to run faster
 
-What needs what (native): bf16 (any stage) needs AVX512-BF16 or AMX-BF16 (or a GPU); GPT int8 needs
-AVX2+FMA (our kernel) or native bf16 (torch's int8 x bf16 kernels); int8dyn needs AVX512-VNNI, and S2Mel's
-int8dyn (a bf16 stage with int8 products) native bf16 as well. The plan is applied by one function,
+Stage modes: GPT int8 = int8 weights only (fp32 rows as int16, exact int32 sums); int8dyn = int8 weights and
+int8 activations (VNNI). S2Mel int8 = the DiT's large products as int8 GEMMs in an fp32 stage; int8dyn = the
+same in a bf16 stage. What needs what (native): bf16 (any stage) needs AVX512-BF16 or AMX-BF16 (or a GPU);
+GPT int8 needs AVX2+FMA (our kernel) or native bf16; S2Mel int8 needs x86 AVX2 (oneDNN's int8 GEMM; without
+VNNI the activations are quantised to 7 bits so that vpmaddubsw's int16 pair sums cannot saturate);
+int8dyn needs AVX512-VNNI, and S2Mel's int8dyn native bf16 as well. The plan is applied by one function,
 `precision.apply_plan`. Imports nothing heavy (torch-free): the CLI validates precision before loading anything.
 """
 
@@ -27,7 +30,7 @@ from .cpu import CpuCaps, detect
 from .errors import OptionError
 
 STAGES = ("gpt", "s2mel", "vocoder", "conditioning")
-STAGE_CHOICES = {"gpt": ("fp32", "bf16", "int8", "int8dyn"), "s2mel": ("fp32", "bf16", "int8dyn"),
+STAGE_CHOICES = {"gpt": ("fp32", "bf16", "int8", "int8dyn"), "s2mel": ("fp32", "bf16", "int8", "int8dyn"),
                  "vocoder": ("fp32", "bf16"), "conditioning": ("fp32", "bf16")}
 MODES: dict[str, dict[str, str]] = {
     "fp32": dict.fromkeys(STAGES, "fp32"),
@@ -39,8 +42,8 @@ MODES: dict[str, dict[str, str]] = {
 AUTO = "auto"
 AUTO_BY_TIER = {
     "amx": MODES["int8max"], "avx512_bf16": MODES["int8max"],
-    "avx512_vnni": {**MODES["fp32"], "gpt": "int8dyn"},
-    "avx512": {**MODES["fp32"], "gpt": "int8"}, "avx2": {**MODES["fp32"], "gpt": "int8"},
+    "avx512_vnni": {**MODES["fp32"], "gpt": "int8dyn", "s2mel": "int8"},
+    "avx512": {**MODES["fp32"], "gpt": "int8", "s2mel": "int8"}, "avx2": {**MODES["fp32"], "gpt": "int8", "s2mel": "int8"},
     "generic": MODES["fp32"], "neon": MODES["fp32"],
 }
 
@@ -53,8 +56,10 @@ def missing_feature(stage: str, mode: str, caps: CpuCaps, device: str = "cpu") -
         return None
     if mode == "bf16" and not caps.native_bf16:
         return "AVX512-BF16 or AMX-BF16 (bf16 dot products)"
-    if mode == "int8" and not (caps.native_bf16 or (caps.at_least("avx2") and caps.tier != "neon")):
+    if mode == "int8" and stage == "gpt" and not (caps.native_bf16 or (caps.at_least("avx2") and caps.tier != "neon")):
         return "AVX2+FMA (our int8 weight-only kernel) or native bf16"
+    if mode == "int8" and stage == "s2mel" and (caps.tier == "neon" or not caps.at_least("avx2")):
+        return "AVX2 (oneDNN's x86 int8 GEMM)"
     if mode == "int8dyn":
         if not caps.vnni:
             return "AVX512-VNNI (int8 dot products without int16 saturation)"

@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import warnings
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +58,13 @@ from .plan import STAGE_CHOICES, STAGES, PrecisionPlan  # noqa: F401  (STAGES re
 GEMV_ROWS = 8  # the row-wise decode kernels serve up to this many rows (beams); more rows go to a GEMM
 
 
+BF16_STAGE = ("bf16", "int8dyn")   # stage modes that run under bf16 autocast (an S2Mel int8dyn: int8 products inside)
+
+
 def autocast(device: Union[str, torch.device], mode: str):
-    """The context a bf16 stage runs in (autocast to bfloat16); a no-op context for fp32."""
-    if mode == "fp32":
+    """The context a bf16 stage runs in (autocast to bfloat16); a no-op context for fp32 stages (fp32, and
+    S2Mel's int8: int8 products with fp32 outputs)."""
+    if mode in ("fp32", "int8"):
         return contextlib.nullcontext()
     if mode not in ("bf16", "int8dyn"):   # an int8dyn S2Mel is a bf16 stage with int8 products inside
         raise OptionError(f"stage precision {mode!r} has no autocast form (use fp32, bf16 or an S2Mel int8dyn)")
@@ -75,7 +79,7 @@ def cast_weights_(module: nn.Module, mode: str) -> nn.Module:
     under bf16 autocast: autocast would round them to bf16 on every call (the same rounding, so results are
     bit-identical) — on a DiT step that re-cast costs more than the bf16 matrix products it feeds. Norms,
     embeddings and buffers keep their dtype. fp32 changes nothing. In place; returns the module."""
-    if mode == "fp32":
+    if mode not in BF16_STAGE:
         return module
     for m in module.modules():
         if isinstance(m, AUTOCAST_LAYERS):
@@ -87,15 +91,16 @@ def cast_weights_(module: nn.Module, mode: str) -> nn.Module:
 
 
 def prepare_s2mel_(cfm: nn.Module, mode: str) -> nn.Module:
-    """An S2Mel flow matching (`S2Mel.cfm`) for `mode`: int8dyn swaps its DiT's large products for int8
-    GEMMs (int8gemm.convert_dit_; the weights quantised from fp32, so call it before `cast_weights_`);
-    fp32 and bf16 change nothing here. In place, once; returns the module."""
+    """An S2Mel flow matching (`S2Mel.cfm`) for `mode`: int8dyn swaps its DiT's large products for int8 GEMMs
+    with bf16 outputs (a bf16 stage), int8 for int8 GEMMs with fp32 outputs (an fp32 stage: CPUs without
+    native bf16); both quantise from the fp32 weights (int8gemm.convert_dit_, before `cast_weights_`). fp32
+    and bf16 change nothing here. In place, once; returns the module."""
     if mode not in STAGE_CHOICES["s2mel"]:
         raise OptionError(f"S2Mel precision {mode!r}: choose one of {', '.join(STAGE_CHOICES['s2mel'])}")
-    if mode == "int8dyn" and getattr(cfm.estimator, "precision", None) != "int8dyn":
+    if mode in ("int8", "int8dyn") and getattr(cfm.estimator, "precision", None) != mode:
         from .int8gemm import convert_dit_
 
-        convert_dit_(cfm.estimator)
+        convert_dit_(cfm.estimator, torch.bfloat16 if mode == "int8dyn" else torch.float32)
     return cfm
 
 
@@ -374,6 +379,57 @@ def fused_int8_decode(model: nn.Module, x: torch.Tensor, cache) -> Optional[torc
     return model.gpt.ln_f(x)
 
 
+class _BlockW8(ctypes.Structure):
+    """kernels/avx2.c's itf_block_w8_t: a block's LayerNorms and its four Int8Linear projections (packed)."""
+    _fields_ = [(name, ctypes.c_void_p) for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b")] + \
+               [(name, ctypes.c_void_p * 4) for name in ("w", "ws", "bias")]
+
+
+def _w8_block_table(model: nn.Module):
+    """The itf_block_w8_t array of an int8 (weight-only) GPT whose projections all run on our kernel (built
+    once; it points at the model's own tensors), or None."""
+    blocks = model.gpt.h
+    linears = [(b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj) for b in blocks]
+    if not all(isinstance(m, Int8Linear) and m.packed is not None and m.bias is not None
+               for four in linears for m in four) or len({b.ln_1.eps for b in blocks} | {b.ln_2.eps for b in blocks}) != 1:
+        return None
+    table = (_BlockW8 * len(blocks))()
+    for entry, block, four in zip(table, blocks, linears):
+        entry.ln1_w, entry.ln1_b = block.ln_1.weight.data_ptr(), block.ln_1.bias.data_ptr()
+        entry.ln2_w, entry.ln2_b = block.ln_2.weight.data_ptr(), block.ln_2.bias.data_ptr()
+        for i, m in enumerate(four):
+            entry.w[i], entry.ws[i], entry.bias[i] = m.packed.data_ptr(), m.scale_f32.data_ptr(), m.bias.data_ptr()
+    return table
+
+
+def fused_w8_decode(model: nn.Module, x: torch.Tensor, cache) -> Optional[torch.Tensor]:
+    """Every GPT-2 block of an int8 (weight-only) decode step in ONE kernel call (kernels/avx2.c
+    itf_gpt_step_w8: the products of `Int8Linear` around an fp32-cache attention, one parallel region) ->
+    ln_f(x), (S, D); None when x or the cache do not qualify (the blocks then run one by one)."""
+    from .kernels import portable
+
+    table = model.__dict__.get("_w8_block_table")
+    lib = portable()
+    if table is None or lib is None or cache.dtype != torch.float32 or cache.k.device.type != "cpu" or \
+            not (x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS and x.dtype == torch.float32):
+        return None
+    x = x.contiguous().clone()
+    blocks = model.gpt.h
+    lo = cache.prefix + cache.length * cache.rows
+    mask = cache.mask
+    if mask is not None and (mask.dtype != torch.float32 or not mask.is_contiguous()):
+        return None
+    rc = lib.itf_gpt_step_w8(x.data_ptr(), x.shape[0], x.shape[1], len(blocks), ctypes.addressof(table),
+                             blocks[0].ln_1.eps, cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0),
+                             cache.k.stride(1), lo, None if mask is None else mask.data_ptr(), cache.heads,
+                             cache.head_dim, cache.head_dim ** -0.5)
+    if rc == -2:
+        return None
+    if rc:
+        raise MemoryError(f"int8 GPT decode step kernel failed ({rc})")
+    return model.gpt.ln_f(x)
+
+
 LINEARS = {"fp32": Fp32Linear, "bf16": BF16Linear, "int8": Int8Linear, "int8dyn": DynamicInt8Linear}
 
 
@@ -412,6 +468,9 @@ def convert_gpt_(model: nn.Module, mode: str, caps: Optional[CpuCaps] = None) ->
     if mode == "int8dyn":   # decoding.decode_step tries it first (decode rows only)
         model._int8_block_table = _block_table(model)
         model.fused_decode = fused_int8_decode if model._int8_block_table is not None else None
+    if mode == "int8" and getattr(model, "kv_dtype", torch.float32) == torch.float32:
+        model._w8_block_table = _w8_block_table(model)
+        model.fused_decode = fused_w8_decode if model._w8_block_table is not None else None
     return model
 
 
@@ -446,7 +505,7 @@ def apply_plan(plan: PrecisionPlan, *, gpt: Optional[nn.Module] = None, w2v: Opt
     are cast only when neither stage is fp32, as the engine runs them under both."""
     caps = caps or detect()
     cond = plan.conditioning
-    shared = "bf16" if "fp32" not in (cond, plan.s2mel) else "fp32"
+    shared = "bf16" if cond in BF16_STAGE and plan.s2mel in BF16_STAGE else "fp32"
     if gpt is not None:
         convert_gpt_(gpt, plan.gpt, caps)
         for part in (gpt.conditioning_encoder, gpt.perceiver_encoder, gpt.emo_conditioning_encoder,

@@ -197,3 +197,10 @@ def _declare_portable(lib: ctypes.CDLL) -> None:
     for fn in (lib.itf_gemv_w8_f32, lib.itf_gemm_f32_rows):   # x, M, K, W (N, K), scale or NULL, bias or NULL, N, y
         fn.restype = ctypes.c_int
         fn.argtypes = [ptr, i32, i32, ptr, ptr, ptr, i32, ptr]
+    step = lib.itf_gpt_step_w8   # x, rows, D, blocks, block table, eps, k, v, layer/head stride, lo, mask, H, d, scale
+    step.restype = ctypes.c_int
+    step.argtypes = [ptr, i32, i32, i32, ptr, ctypes.c_float, ptr, ptr, ctypes.c_long, ctypes.c_long, i32, ptr, i32, i32,
+                     ctypes.c_float]
+    lib.itf_quantize_u8_avx2.restype = None    # x, n, out, &scale, &zero point, largest level
+    lib.itf_quantize_u8_avx2.argtypes = [ptr, ctypes.c_long, ptr, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(i32),
+                                         i32]

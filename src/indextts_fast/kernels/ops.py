@@ -5,6 +5,7 @@ Callers never touch ctypes or data pointers: they ask here, and fall back to tor
 
 from __future__ import annotations
 
+import ctypes
 from typing import Optional
 
 import torch
@@ -76,3 +77,24 @@ def gemv_f32(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> 
                         w.shape[0], y.data_ptr()):
         return None
     return y
+
+
+def quantize_u8(x: torch.Tensor, qmax: int = 255) -> Optional[tuple[torch.Tensor, float, int]]:
+    """Contiguous fp32 (or, with the AVX-512 library and qmax 255, bf16) x on the CPU -> (unsigned x in
+    [0, qmax], scale, zero point) per tensor in one C pass: x ≈ (q - zp)·scale, 0 exact (the formula of
+    int8gemm.quantize_activations). None where no kernel takes x."""
+    from . import load
+
+    if x.device.type != "cpu" or not x.is_contiguous() or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    full = load()
+    xq, s, z = torch.empty(x.shape, dtype=torch.uint8), ctypes.c_float(), ctypes.c_int()
+    if full is not None and qmax == 255:
+        fn = full.itf_quantize_u8 if x.dtype == torch.float32 else full.itf_quantize_u8_bf16
+        fn(x.data_ptr(), x.numel(), xq.data_ptr(), ctypes.byref(s), ctypes.byref(z))
+        return xq, s.value, z.value
+    lib = portable()
+    if lib is None or x.dtype != torch.float32:
+        return None
+    lib.itf_quantize_u8_avx2(x.data_ptr(), x.numel(), xq.data_ptr(), ctypes.byref(s), ctypes.byref(z), qmax)
+    return xq, s.value, z.value

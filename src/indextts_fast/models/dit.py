@@ -296,6 +296,8 @@ class ReflectConv1d(nn.Module):
     def forward(self, x: Tensor, time_major: bool = False) -> Tensor:
         """x (B, C, T) -> (B, C', T); `time_major`: (B, T, C) -> (B, T, C') (needs T > the padding)."""
         conv = self.conv.conv
+        if self.int8 is not None and not time_major and x.shape[-1] > max(self.pad):   # int8 products (fp32 stage)
+            return self.forward(x.transpose(1, 2), time_major=True).transpose(1, 2)
         if conv.kernel_size[0] == 1:  # a batched matrix product (torch's 1×1 conv path is slow on CPU)
             if time_major:
                 return F.linear(x, conv.weight[:, :, 0], conv.bias) if self.int8 is None else self.int8(x)
