@@ -58,7 +58,7 @@ static inline float hsum8(__m256 v) {
 
 static inline __attribute__((always_inline)) void block_f32(const float *x, const float *w, int K, int R, int C,
                                                             float *out) {
-    BLOCK_BODY(_mm256_loadu_ps, 0)
+    BLOCK_BODY(_mm256_loadu_ps, 1024)
 }
 
 /* One call per (rows, outputs) shape with constants, so that the compiler unrolls and keeps acc in registers. */
