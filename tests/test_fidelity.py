@@ -55,6 +55,13 @@ def test_int8dyn_dit_mel_within_threshold(tiny_dir):
     assert s["mel_cosine"] > 0.9999
 
 
+def test_int8_dit_in_an_fp32_stage_within_threshold(tiny_dir):
+    """S2Mel int8 (auto's choice without native bf16): without VNNI the activations are 7-bit so that int16
+    pair sums cannot saturate; either way within the threshold."""
+    s = fidelity(tiny_dir, {"s2mel": "int8"}, **{**SMALL, "force": False})["s2mel"]
+    assert s["mode"] == "int8" and s["mel_rel_err"] <= THRESHOLDS["s2mel_mel_rel_err"]
+
+
 def test_int8_gpt_logits_within_threshold(int8):
     g = int8["gpt"]
     assert g["mode"] == "int8" and g["codes"] == SMALL["codes"]

@@ -85,7 +85,27 @@ def test_convert_dit_swaps_the_large_products_only(tiny_dir):
     prepare_s2mel_(s2mel.cfm, "int8dyn")   # converting twice changes nothing
     assert est.transformer.layers[0].attention.wqkv.packed is packed
     with pytest.raises(OptionError, match="S2Mel precision"):
-        prepare_s2mel_(s2mel.cfm, "int8")
+        prepare_s2mel_(s2mel.cfm, "int4")
+    # S2Mel int8: the same products with fp32 outputs, for an fp32 stage (CPUs without native bf16)
+    fp32_stage = prepare_s2mel_(S2Mel.from_folder(ModelFolder(tiny_dir)).cfm, "int8").estimator
+    assert fp32_stage.precision == "int8"
+    wqkv = fp32_stage.transformer.layers[0].attention.wqkv
+    assert isinstance(wqkv, Int8GemmLinear) and wqkv.out_dtype == torch.float32
+    assert wqkv(torch.randn(3, wqkv.in_features)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("qmax", [255, 127])
+def test_activation_quantiser_levels(qmax):
+    """qmax 127 (CPUs without VNNI): every level <= 127, so u8 x s8 pair sums stay inside int16."""
+    from indextts_fast import kernels
+
+    x = torch.randn(37, 70, generator=torch.Generator().manual_seed(qmax)) * 3
+    xq, scale, zp = quantize_activations(x, None, qmax)
+    assert int(xq.max()) <= qmax and 0 <= zp <= qmax
+    assert float(((xq.float() - zp) * scale - x).abs().max()) <= scale / 2 + 1e-6
+    if kernels.portable() is not None:   # the C pass gives the same levels
+        cq, cs, cz = quantize_activations(x, kernels.portable(), qmax)
+        assert (cs, cz) == pytest.approx((scale, zp)) and int((cq.int() - xq.int()).abs().max()) <= 1
 
 
 def test_engine_int8max_mode_speaks(tiny_dir):

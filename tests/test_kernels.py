@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from indextts_fast import kernels
+from indextts_fast.kernels import ops
 from indextts_fast.cpu import detect
 from indextts_fast.precision import GEMV_ROWS, DynamicInt8Linear, pack_vnni, quantize_int8
 
@@ -337,14 +338,10 @@ def test_a_failing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
         kernels.portable.cache_clear()
 
 
-def attention_paths() -> list:
-    """The attention kernel's paths this CPU can run: "amx" (AMX tiles), "dot" (AVX512-BF16 VDPBF16PS)."""
-    lib = kernels.load()
-    return [] if lib is None else [p for p, ok in (("amx", lib.amx), ("dot", lib.bf16_dot)) if ok]
-
-
 def kernel_path(monkeypatch, path):
     """Force the attention kernel's path (the AVX512-BF16 one runs on AMX CPUs too)."""
+    from indextts_fast.kernels.ops import attention_paths
+
     lib = kernels.load()
     if path not in attention_paths():
         pytest.skip(f"this CPU has no {path} path for the attention kernel (SDPA is used where it has neither)")
@@ -365,21 +362,20 @@ def test_attention_kernel_matches_float32_sdpa(monkeypatch, path, B, H, T, lengt
     k = qkv[:, :, H:2 * H].transpose(1, 2).contiguous()
     v = qkv[:, :, 2 * H:].transpose(1, 2)                                       # strided, as the DiT passes it
     mask = None if lengths is None else (torch.arange(T)[None] < torch.tensor(lengths)[:, None])[:, None, None]
-    got = native_attention(lib, q, k, v, mask)
+    got = native_attention(q, k, v, mask)
     assert got.shape == (B, T, H, 64) and got.dtype == torch.bfloat16
     want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).transpose(1, 2)
     # P is rounded to bf16 before P·v and the output once more: a few bf16 steps at most, ~1e-3 overall
     assert float((got.float() - want).abs().max()) <= 2.0 ** -6 * float(want.abs().max())
     assert float((got.float() - want).norm() / want.norm()) < 3e-3
-    assert native_attention(lib, q[..., :32], k[..., :32], v[..., :32], None) is None   # head width 32: SDPA's
+    assert native_attention(q[..., :32], k[..., :32], v[..., :32], None) is None   # head width 32: SDPA's
     # RoPE applied as the kernel reads q and k: the same values as rotating them first with the RoPE kernel
     from indextts_fast.models.dit import rope_table
 
     rope = rope_table(T + 5, 64)[:T].contiguous()
-    rotated = torch.empty(B, 2 * H, T, 64, dtype=torch.bfloat16)
-    lib.itf_rope_bf16(qkv.data_ptr(), *qkv.stride()[:3], B, T, 2 * H, 64, rope.data_ptr(), rotated.data_ptr())
-    first = native_attention(lib, rotated[:, :H], rotated[:, H:], v, mask)
-    fused = native_attention(lib, qkv[:, :, :H].transpose(1, 2), qkv[:, :, H:2 * H].transpose(1, 2), v, mask, rope)
+    rotated = ops.rope_bf16(qkv, rope, 2 * H, 64)
+    first = native_attention(rotated[:, :H], rotated[:, H:], v, mask)
+    fused = native_attention(qkv[:, :, :H].transpose(1, 2), qkv[:, :, H:2 * H].transpose(1, 2), v, mask, rope)
     assert torch.equal(fused, first)
 
 

@@ -28,7 +28,8 @@ def test_auto_only_picks_native_modes(tier):
 
 def test_auto_per_tier():
     assert make_plan("auto", caps_of("amx")).as_dict() == MODES["int8max"]
-    assert make_plan("auto", caps_of("avx2")).as_dict() == {**MODES["fp32"], "gpt": "int8"}
+    assert make_plan("auto", caps_of("avx2")).as_dict() == {**MODES["fp32"], "gpt": "int8", "s2mel": "int8"}
+    assert make_plan("auto", caps_of("avx512_vnni")).as_dict() == {**MODES["fp32"], "gpt": "int8dyn", "s2mel": "int8"}
     assert make_plan("auto", caps_of("generic")).exact
     assert make_plan("auto", caps_of("amx"), device="cuda").exact       # GPU: not measured yet, exact
 
@@ -51,7 +52,7 @@ def test_native_modes_pass_and_plans_are_frozen_values():
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.gpt = "fp32"
     with pytest.raises(OptionError, match="not available for stage 's2mel'"):
-        PrecisionPlan(s2mel="int8")
+        PrecisionPlan(s2mel="int4")
     assert make_plan(None).exact and list(make_plan(None).as_dict()) == list(STAGES)
 
 

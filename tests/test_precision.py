@@ -27,7 +27,7 @@ def test_precision_modes_and_mappings():
                                                        "conditioning": "bf16"}
     assert make_plan({"gpt": "int8"}).as_dict() == {**dict.fromkeys(STAGES, "fp32"), "gpt": "int8"}
     assert set(MODES) >= {"fp32", "bf16", "int8"}
-    for bad in ("fp16", {"dit": "bf16"}, {"s2mel": "int8"}, 8):
+    for bad in ("fp16", {"dit": "bf16"}, {"s2mel": "int4"}, {"vocoder": "int8"}, 8):
         with pytest.raises(OptionError):
             make_plan(bad, force=True)
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import OptionError
+from .kernels import ops
 from .models.gpt import UnifiedVoice, check_conditioning, check_ids, merge_heads, split_heads
 
 
@@ -172,7 +173,7 @@ class KVCache:
         # Keys/values are stored in the residual stream's dtype, or in the one a reduced-precision GPT asks
         # for (precision.convert_gpt_ sets bf16: half the bytes a decode step reads besides the weights).
         self.rows, self.dtype, self.device = rows, getattr(model, "kv_dtype", p.dtype), p.device
-        self.kernel = _attention_kernel(self)   # the C attention for a bf16 cache on the CPU, else None (SDPA)
+        self.kernel = _attention_kernel(self)   # whether the C attention reads this bf16 cache (else SDPA)
         self.steps_wanted = max(1, capacity)
         self.prefix = 0                        # P + 1 once prefilled
         self.prefix_valid: Optional[torch.Tensor] = None      # (P+1,) bool, None when nothing is padded
@@ -217,13 +218,9 @@ class KVCache:
         self.k[layer, :, lo:lo + s] = k.transpose(0, 1)
         self.v[layer, :, lo:lo + s] = v.transpose(0, 1)
         end = lo + s
-        if self.kernel is not None and qkv.is_contiguous() and qkv.dtype == torch.float32:
-            out = torch.empty(s, self.heads * self.head_dim)
-            kl, vl = self.k[layer], self.v[layer]
-            if self.kernel.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], kl.data_ptr(), vl.data_ptr(), kl.stride(0),
-                                           end, None if self.mask is None else self.mask.data_ptr(), s,
-                                           self.heads, self.head_dim, self.head_dim ** -0.5, out.data_ptr()):
-                raise MemoryError("decode attention kernel: no scratch memory")
+        out = ops.attend_bf16(qkv, self.k[layer], self.v[layer], end, self.mask, self.heads, self.head_dim) \
+            if self.kernel else None
+        if out is not None:
             return out
         out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0).to(self.dtype),
                                              self.k[layer, None, :, :end], self.v[layer, None, :, :end],
@@ -243,19 +240,17 @@ class KVCache:
         mask.scatter_(1, self.prefix + self.slots[:, :t + 1], True)
         # additive form (0 / -inf) in the cache dtype, made once per step: what SDPA would otherwise derive
         # from the boolean mask in every one of the layers
-        dtype = torch.float32 if self.kernel is not None else self.dtype   # the C attention takes an fp32 mask
+        dtype = torch.float32 if self.kernel else self.dtype   # the C attention takes an fp32 mask
         self.mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(~mask, -math.inf)
 
 
-def _attention_kernel(cache: KVCache):
-    """kernels/native.c's attention when the cache is bf16 on the CPU, the head width a multiple of 16 and
-    there are at most 8 rows (beams)."""
-    if cache.dtype != torch.bfloat16 or cache.device.type != "cpu" or cache.head_dim % 16 or cache.head_dim > 256 \
-            or cache.rows > 8:
-        return None
+def _attention_kernel(cache: KVCache) -> bool:
+    """Whether kernels/native.c's attention reads this cache (kernels.ops.attend_bf16): bf16 on the CPU, the
+    head width a multiple of 16, at most 8 rows (beams), the AVX-512 library loaded."""
     from .kernels import load
 
-    return load()
+    return cache.dtype == torch.bfloat16 and cache.device.type == "cpu" and cache.head_dim % 16 == 0 \
+        and cache.head_dim <= 256 and cache.rows <= 8 and load() is not None
 
 
 def prefill(model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, cache: KVCache) -> torch.Tensor:

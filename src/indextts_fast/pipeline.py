@@ -1,7 +1,7 @@
 """The engine: load a model folder once, then synthesise text in a voice, stage by stage, timed.
 
     engine = Engine("checkpoints/")                      # or Engine(folder, device="cuda", threads=2)
-    fast = Engine("checkpoints/", precision="int8")      # or "bf16", or {"gpt": "int8", "s2mel": "bf16"}
+    fast = Engine("checkpoints/", precision="auto")      # or "int8max", "bf16", {"gpt": "int8", "s2mel": "bf16"}
     result = engine.synthesize("Hello there.", voice="me.wav", preset="aggressive", seed=1)
     result.save("out.wav"); print(result.timings.table())
 
@@ -12,9 +12,11 @@ by audio content or by registered speaker_id; text -> segments; per segment: emo
 Unlike the official code, the speaker latent and the emotion vector are computed once per request, not
 once per segment (identical values), and the cache is keyed by content, not by path.
 
-Precision (`precision=`, see precision.py) is an engine option, independent of presets: fp32 (default)
-is exact parity; "bf16" / "int8" / a per-stage mapping trade measured fidelity (`indextts-fast fidelity`)
-for speed. The GPT is converted once at load; s2mel, vocoder and conditioning run under bf16 autocast.
+Precision (`precision=`, see plan.py) is an engine option, independent of presets: fp32 (default) is exact
+parity; "auto" (the fastest modes this CPU runs natively), "bf16", "int8", ... or a per-stage mapping trade
+measured fidelity (`indextts-fast fidelity`) for speed. It becomes one plan (`self.plan`), validated against
+this CPU before anything loads (emulated modes refused unless `force_precision`), applied at load by
+`precision.apply_plan`; bf16 stages run under bf16 autocast.
 """
 
 from __future__ import annotations

@@ -1,40 +1,28 @@
-"""Reduced-precision modes per stage: fp32 (exact, the parity reference and the default), bf16, int8.
+"""Precision at load time: the modules a plan swaps in, and `apply_plan`, the one place a plan is applied.
 
-A precision is chosen per stage: `gpt` (the decode loop, prefill and latent pass), `s2mel` (semantic
-vectors, length regulator and the DiT flow matching), `vocoder` (BigVGAN) and `conditioning` (the
-reference-audio stage: w2v-bert, codec, CAMPPlus, the GPT speaker latent). `resolve_precision` accepts a
-mode name (below) or a per-stage mapping, e.g. {"gpt": "int8", "s2mel": "bf16"} (missing stages: fp32).
+What each stage runs in is decided by `plan.make_plan` (modes, `auto`, per-CPU validation: see plan.py).
+`apply_plan(plan, gpt=..., s2mel=..., ...)` converts freshly loaded models for it, in place: module swaps
+first, then bf16 weight casts. Engine, fidelity, the benches, profile and parity all call it; the models in
+models/ know nothing of precision.
 
-    mode      gpt       s2mel  vocoder  conditioning
-    fp32      fp32      fp32   fp32     fp32           exact parity (default)
-    bf16      bf16      bf16   bf16     bf16
-    int8      int8      bf16   bf16     bf16           GPT weight-only int8, the rest bf16
-    int8dyn   int8dyn   bf16   bf16     bf16           GPT int8 weights AND int8 activations (CPU)
-    int8max   int8dyn   int8dyn bf16    bf16           also the DiT's products in int8 (CPU; fastest)
-
-How each is done:
-- GPT: the GPT-2 projections (`Conv1D`) and `mel_head` are swapped for modules of the same contract
-  (fp32 in, fp32 out): `BF16Linear` (bf16 weights, bf16 GEMM), `Int8Linear` (per-output-channel symmetric
-  int8 weights; 1-8 rows: `torch._weight_int8pack_mm` with bf16 activations, the weight read once as
-  int8; more rows (prefill, latent pass): dequantised to bf16 and one bf16 GEMM (AMX)), `DynamicInt8Linear`
-  (int8 x int8 -> int32 with activations quantised on the fly: 1-8 rows through our AVX-512 VNNI GEMV,
-  `kernels/native.c`, per-row scales and zero points, every weight byte read once for all beams, a block's
-  LayerNorms/GELU/residuals fused around it; a whole decode step, every block, is ONE kernel call
-  (`fused_int8_decode`, kernels/gpt_step.c: no Python and no thread fork/join between products); more rows through oneDNN's int8 GEMM (AMX), per-tensor
-  scales; fbgemm where neither is available). Reduced-precision GPTs keep their KV cache in bf16
-  (`kv_dtype`; the decode attention then runs in `kernels/native.c` too); the logits processors stay fp32.
-- s2mel, vocoder, conditioning: `torch.autocast(device_type, bfloat16)` around the stage, with the stage's
-  Linear/Conv weights stored in bf16 once (`cast_weights_`: the same rounding autocast applies per call):
-  matmuls, convs and SDPA run in bf16 (AMX on CPU), norms/softmax/reductions in fp32 (autocast's fp32
-  list); the stage's output is cast back to fp32.
-- s2mel int8dyn: the bf16 stage above with the DiT's large products as oneDNN int8 GEMMs (per-tensor
-  uint8 activations, per-channel int8 weights; int8gemm.py, `prepare_s2mel_`): ~2x the bf16 GEMM rate on
-  AVX-512 VNNI CPUs without AMX (and AMX int8 is 2x AMX bf16 too).
+How each stage mode is done:
+- GPT: the GPT-2 projections (`Conv1D`) and `mel_head` are swapped for modules of the same contract (fp32 in,
+  fp32 out). `Fp32Linear` (fp32, exact: decode rows through our row GEMVs where they beat oneMKL on this tier),
+  `BF16Linear` (bf16 weights, bf16 GEMM), `Int8Linear` (weight-only int8, per-output-channel scales: on x86
+  with AVX2 our kernel, fp32 rows as int16 with exact int32 sums; many rows on native-bf16 CPUs a bf16 GEMM
+  of the dequantised weight; elsewhere `torch._weight_int8pack_mm`), `DynamicInt8Linear` (int8 weights and
+  activations: 1-8 rows through our AVX-512 VNNI GEMV, many rows through oneDNN's int8 GEMM; without VNNI
+  fbgemm with 7-bit activations, as 8-bit ones saturate there). A whole decode step is ONE kernel call for
+  int8dyn (`fused_int8_decode`, kernels/gpt_step.c, bf16 KV cache) and for int8 on an fp32 KV cache
+  (`fused_w8_decode`, kernels/avx2.c). Reduced-precision GPTs keep their KV cache in bf16 where our AVX-512
+  decode attention reads it (VNNI tiers, GPUs), else in fp32; the logits processors stay fp32.
+- s2mel, vocoder, conditioning in bf16: `torch.autocast(device_type, bfloat16)` around the stage, with the
+  stage's Linear/Conv weights stored in bf16 once (`cast_weights_`: the same rounding autocast applies per
+  call): matmuls, convs and SDPA in bf16, norms/softmax/reductions in fp32; outputs cast back to fp32.
+- s2mel int8dyn: the bf16 stage above with the DiT's large products as oneDNN int8 GEMMs (int8gemm.py);
+  s2mel int8: the same products with fp32 outputs in an fp32 stage (CPUs without native bf16).
 Measured agreement with fp32: `indextts-fast fidelity`; speed: `indextts-fast profile --precision ...`,
-`bench gpt|s2mel|vocoder --precision ...`. On a 2-core AMX Xeon (full-size GPT, 2 threads) a 1-row decode
-step reads int8 weights at ~25 GB/s through the VNNI GEMV (fbgemm: ~23 GB/s at 1 row, ~18 at 3 rows;
-`_weight_int8pack_mm` ~16 GB/s), the bf16 GEMV at ~17 GB/s, fp32 F.linear at ~25 GB/s: int8dyn is the
-fastest decode step, int8 the weight-only one the logits error is bounded by.
+`bench gpt|s2mel|vocoder --precision ...`; what runs natively here: `indextts-fast doctor`.
 Threads: the engine's `threads` (profile/bench default 2 = the physical cores of such a box).
 """
 
@@ -362,15 +350,18 @@ def fused_int8_decode(model: nn.Module, x: torch.Tensor, cache) -> Optional[torc
     with their fused LayerNorm / GELU / residual around the bf16-cache attention, keys and values written to
     the cache, all in one parallel region) -> the backbone's output ln_f(x), (S, D); None when x or the cache
     do not qualify (the blocks then run one by one). Same arithmetic as the per-projection kernel calls."""
+    from .kernels import load
+
     table = model.__dict__.get("_int8_block_table")
-    if table is None or cache.kernel is None or not (x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS
+    lib = load()
+    if table is None or lib is None or not cache.kernel or not (x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS
                                                      and x.dtype == torch.float32 and x.device.type == "cpu"):
         return None
     x = x.contiguous().clone()
     blocks = model.gpt.h
     lo = cache.prefix + cache.length * cache.rows
     mask = cache.mask
-    rc = cache.kernel.itf_gpt_step(x.data_ptr(), x.shape[0], x.shape[1], len(blocks), ctypes.addressof(table),
+    rc = lib.itf_gpt_step(x.data_ptr(), x.shape[0], x.shape[1], len(blocks), ctypes.addressof(table),
                                    blocks[0].ln_1.eps, cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0),
                                    cache.k.stride(1), lo, None if mask is None else mask.data_ptr(), cache.heads,
                                    cache.head_dim, cache.head_dim ** -0.5)

@@ -70,7 +70,7 @@ def _attention_rows(T: int, repeat: int) -> list[dict]:
     q, k = qkv[:, :, :8].transpose(1, 2).contiguous(), qkv[:, :, 8:16].transpose(1, 2).contiguous()
     v = qkv[:, :, 16:].transpose(1, 2)
     name = "AMX kernel" if load().amx else "AVX512-BF16 kernel"
-    kernels = {name: lambda: native_attention(load(), q, k, v, None),   # v strided, (B, T, H, d) out
+    kernels = {name: lambda: native_attention(q, k, v, None),   # v strided, (B, T, H, d) out
                "torch SDPA": lambda: F.scaled_dot_product_attention(q, k, v.contiguous()).transpose(1, 2).reshape(2, T, -1)}
     times = {name: [] for name in kernels}
     for _ in range(repeat):

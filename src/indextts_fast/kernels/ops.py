@@ -98,3 +98,133 @@ def quantize_u8(x: torch.Tensor, qmax: int = 255) -> Optional[tuple[torch.Tensor
         return None
     lib.itf_quantize_u8_avx2(x.data_ptr(), x.numel(), xq.data_ptr(), ctypes.byref(s), ctypes.byref(z), qmax)
     return xq, s.value, z.value
+
+
+# ---- bf16 stages (AVX-512 library): the DiT's elementwise chains and attention, BigVGAN's activation,
+#      the decode attention over a bf16 KV cache ---------------------------------------------------------
+
+def _full():
+    from . import load
+
+    return load()
+
+
+def bf16_ready(x: torch.Tensor, whole_vectors: bool = True) -> bool:
+    """Whether the bf16 kernels take x: contiguous bf16 on the CPU (last dim a multiple of 16 when
+    `whole_vectors`), with the AVX-512 library loaded."""
+    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.is_contiguous()
+            and not (whole_vectors and x.shape[-1] % 16) and _full() is not None)
+
+
+def attention_paths() -> tuple[str, ...]:
+    """The DiT attention kernel's paths on this CPU: "amx" (AMX tiles), "dot" (AVX512-BF16 dot products)."""
+    lib = _full()
+    return () if lib is None else tuple(p for p, ok in (("amx", lib.amx), ("dot", lib.bf16_dot)) if ok)
+
+
+def adaln_rms_bf16(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> Optional[torch.Tensor]:
+    """scale ⊙ RMSNorm(x) + shift for bf16 x (B, T, D) and per-sample bf16 scale/shift (B, 1, D), one pass."""
+    if not bf16_ready(x):
+        return None
+    B, T, D = x.shape
+    scale, shift = scale.to(x.dtype).contiguous(), shift.to(x.dtype).contiguous()
+    out = torch.empty_like(x)
+    _full().itf_adaln_rms_bf16(x.data_ptr(), scale.data_ptr(), shift.data_ptr(), D, eps, B, T, D, out.data_ptr())
+    return out
+
+
+def rope_bf16(qkv: torch.Tensor, rope: torch.Tensor, heads: int, head_dim: int) -> Optional[torch.Tensor]:
+    """The first `heads` heads of a bf16 (B, T, ≥heads, d) qkv rotated by the (T, d/2, 2) fp32 table -> (B, heads,
+    T, d), read straight from the strided qkv."""
+    if not bf16_ready(qkv):
+        return None
+    B, T = qkv.shape[:2]
+    out = torch.empty(B, heads, T, head_dim, dtype=qkv.dtype)
+    _full().itf_rope_bf16(qkv.data_ptr(), qkv.stride(0), qkv.stride(1), qkv.stride(2), B, T, heads, head_dim,
+                          rope.contiguous().data_ptr(), out.data_ptr())
+    return out
+
+
+def attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Optional[torch.Tensor],
+                   rope: Optional[torch.Tensor] = None, path: Optional[str] = None) -> Optional[torch.Tensor]:
+    """softmax(q·kᵀ/√d, keys < lengths)·v (kernels/attention.c) for bf16 (B, H, T, 64) views with d contiguous
+    -> (B, T, H, d); `rope`: the (T, d/2, 2) table q and k are rotated by as they are read; `path`: "amx" or
+    "dot" (default: the best this CPU has). None where the kernel does not take it (SDPA then)."""
+    paths = attention_paths()
+    path = path or (paths[0] if paths else None)
+    B, H, T, d = q.shape
+    if path not in paths or d != 64 or q.dtype != torch.bfloat16:
+        return None
+    out = torch.empty(B, T, H, d, dtype=q.dtype)
+    lengths = None if lengths is None else lengths.to(torch.int32).contiguous()
+    rc = _full().itf_attention_bf16(q.data_ptr(), *q.stride()[:3], k.data_ptr(), *k.stride()[:3], v.data_ptr(),
+                                    *v.stride()[:3], None if lengths is None else lengths.data_ptr(), B, H, T, d,
+                                    d ** -0.5, out.data_ptr(), out.stride(0), out.stride(2), out.stride(1),
+                                    None if rope is None else rope.contiguous().data_ptr(), int(path == "amx"))
+    return None if rc else out
+
+
+def silu_mul_bf16_(gate: torch.Tensor, up: torch.Tensor) -> bool:
+    """gate ← silu(gate)·up in place for contiguous bf16 tensors of one shape; False where not taken."""
+    if not bf16_ready(gate) or not up.is_contiguous() or up.dtype != gate.dtype or up.shape != gate.shape:
+        return False
+    _full().itf_silu_mul_bf16(gate.data_ptr(), up.data_ptr(), gate.data_ptr(), gate.numel())
+    return True
+
+
+def wavenet_gate_bf16(a: torch.Tensor, g: torch.Tensor, hidden: int) -> Optional[torch.Tensor]:
+    """tanh(a[..., :H] + g[:, :H])·sigmoid(a[..., H:] + g[:, H:]) for a time-major bf16 a (B, T, 2H) and g
+    (B, 2H) -> (B, T, H), fp32 inside, rounded once."""
+    if not bf16_ready(a, whole_vectors=False):
+        return None
+    g = g.to(a.dtype)
+    out = a.new_empty(a.shape[0], a.shape[1], hidden)
+    _full().itf_wavenet_gate_bf16(a.data_ptr(), g.data_ptr(), g.stride(0), a.shape[0], hidden, a.shape[1],
+                                  out.data_ptr())
+    return out
+
+
+def aa_snake(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+             width: int) -> Optional[torch.Tensor]:
+    """BigVGAN's anti-aliased Snake per channel row of fp32 x (rows, T) -> (rows, width), fp32 arithmetic; the
+    per-row alpha and 1/beta, 2·the up-sampling filter, the down-sampling filter."""
+    lib = _full()
+    if lib is None or x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    x = x.contiguous()
+    out = x.new_empty(x.shape[0], width)
+    if lib.itf_aa_snake(x.data_ptr(), x.shape[0], x.shape[1], alpha.data_ptr(), inv_beta.data_ptr(), up.data_ptr(),
+                        down.data_ptr(), width, out.data_ptr()):
+        raise MemoryError("anti-aliased activation kernel: no scratch memory")
+    return out
+
+
+def aa_snake_tm_bf16(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor, up: torch.Tensor,
+                     down: torch.Tensor) -> Optional[torch.Tensor]:
+    """The same on a time-major bf16 x (B, T, C), 16 channels per vector, rounded once -> (B, T, C)."""
+    if not bf16_ready(x, whole_vectors=False):
+        return None
+    B, T, C = x.shape
+    out = torch.empty_like(x)
+    if _full().itf_aa_snake_tm_bf16(x.data_ptr(), B, T, C, alpha.data_ptr(), inv_beta.data_ptr(), up.data_ptr(),
+                                    down.data_ptr(), out.data_ptr()):
+        raise MemoryError("anti-aliased activation kernel: no scratch memory")
+    return out
+
+
+def attend_bf16(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: int, mask: Optional[torch.Tensor],
+                heads: int, head_dim: int) -> Optional[torch.Tensor]:
+    """One decode step's attention (kernels/native.c): the S query rows of fp32 qkv (S, ≥D) over the first
+    `keys` positions of one layer's bf16 cache k, v (H, cap, d), additive fp32 mask (S, keys) or None ->
+    (S, H·d) fp32. None where the kernel does not take it."""
+    lib = _full()
+    s = qkv.shape[0]
+    if lib is None or not qkv.is_contiguous() or qkv.dtype != torch.float32 or k.dtype != torch.bfloat16 \
+            or head_dim % 16 or head_dim > 256 or s > ROWS:
+        return None
+    out = torch.empty(s, heads * head_dim)
+    if lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], k.data_ptr(), v.data_ptr(), k.stride(0), keys,
+                           None if mask is None else mask.data_ptr(), s, heads, head_dim, head_dim ** -0.5,
+                           out.data_ptr()):
+        raise MemoryError("decode attention kernel: no scratch memory")
+    return out

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..checkpoint import fold_weight_norm, load_strict, load_torch_file, state_dict_mismatches, weight_norm_layout
 from ..config import ModelFolder
 from ..errors import CheckpointError, ModelFolderError
+from ..kernels import ops
 from .timemajor import conv1d_time_major
 
 FILTER_TAPS = 12  # official Activation1d: up/down kernel 12, ratio 2
@@ -202,24 +203,12 @@ class AntiAliasedActivation(nn.Module):
         n = -(-(T + 3) // BLOCK)
         alpha, inv_beta, up, down = self._kernel_filters()
         alpha, inv_beta = alpha.repeat(B), inv_beta.repeat(B)   # per row
-        x = x.contiguous()
-        out = x.new_empty(B, C, n * BLOCK)
-        if self.native.itf_aa_snake(x.data_ptr(), B * C, T, alpha.data_ptr(), inv_beta.data_ptr(), up.data_ptr(),
-                                    down.data_ptr(), n * BLOCK, out.data_ptr()):
-            raise MemoryError("anti-aliased activation kernel: no scratch memory")
-        return out
+        return ops.aa_snake(x.reshape(B * C, T), alpha, inv_beta, up, down, n * BLOCK).view(B, C, n * BLOCK)
 
     def time_major(self, x: Tensor) -> Tensor:
         """The activation of a bf16 time-major x (B, T, C) -> (B, T, C) bf16 (`itf_aa_snake_tm_bf16`: the
         same fp32 arithmetic, rounded once); needs `native` (a reduced-precision vocoder on the CPU)."""
-        B, T, C = x.shape
-        alpha, inv_beta, up, down = self._kernel_filters()
-        x = x.contiguous()
-        out = torch.empty_like(x)
-        if self.native.itf_aa_snake_tm_bf16(x.data_ptr(), B, T, C, alpha.data_ptr(), inv_beta.data_ptr(),
-                                            up.data_ptr(), down.data_ptr(), out.data_ptr()):
-            raise MemoryError("anti-aliased activation kernel: no scratch memory")
-        return out
+        return ops.aa_snake_tm_bf16(x.contiguous(), *self._kernel_filters())
 
     @torch.no_grad()  # inference only (the kernels write into preallocated buffers)
     def padded(self, x: Tensor) -> Tensor:

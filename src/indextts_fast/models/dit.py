@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..checkpoint import weight_norm_layout
 from ..config import S2MelSettings
 from ..errors import ModelFolderError, OptionError
+from ..kernels import ops
 from .timemajor import conv1d_time_major
 
 BLOCK_SIZE = 16384  # official DiT hard-codes the RoPE table length and input_pos (config block_size ignored)
@@ -59,18 +60,6 @@ def rms_normalize(x: Tensor, eps: float) -> Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
 
 
-def lowp_kernels(x: Tensor, whole_vectors: bool = True):
-    """The C kernels (indextts_fast.kernels) for a contiguous bf16 CPU tensor (last dim a multiple of 16 when
-    `whole_vectors`), else None: a bf16 stage's elementwise chains (AdaLN, RoPE, SwiGLU and WaveNet gates)
-    then run as one pass each. fp32 never takes them (exact path)."""
-    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous() or \
-            (whole_vectors and x.shape[-1] % 16):
-        return None
-    from ..kernels import load
-
-    return load()
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -96,14 +85,8 @@ class AdaptiveRMSNorm(nn.Module):
         # (w·γ is B·D multiplies) and the affine part is one addcmul; same math, other rounding order.
         # In a bf16 stage the scale is rounded to bf16 so that the (B, T, D) pass stays bf16, and with the C
         # kernels the norm and the affine part are one pass (the normalised x is not rounded in between).
-        lib = lowp_kernels(x)
-        if lib is not None and weight.shape[1] == 1:
-            B, T, D = x.shape
-            scale = (weight * self.norm.weight).to(x.dtype).contiguous()
-            shift = bias.to(x.dtype).contiguous()
-            out = torch.empty_like(x)
-            lib.itf_adaln_rms_bf16(x.data_ptr(), scale.data_ptr(), shift.data_ptr(), D, self.norm.eps, B, T, D,
-                                   out.data_ptr())
+        out = ops.adaln_rms_bf16(x, weight * self.norm.weight, bias, self.norm.eps) if weight.shape[1] == 1 else None
+        if out is not None:
             return out
         normalized = rms_normalize(x, self.norm.eps)
         return torch.addcmul(bias, (weight * self.norm.weight).to(normalized.dtype), normalized)
@@ -139,44 +122,37 @@ class Attention(nn.Module):
         B, T, D = x.shape
         H = self.n_heads
         qkv = self.wqkv(x).view(B, T, 3 * H, self.head_dim)
-        lib = lowp_kernels(qkv)
+        lowp = ops.bf16_ready(qkv)
         heads = [qkv[:, :, i * H:(i + 1) * H].transpose(1, 2) for i in range(3)]   # (B, H, T, d) strided views
         # bf16 with our attention kernel: q and k rotated as the kernel reads them (no separate pass)
-        y = native_attention(lib, *heads, mask, rope) if lib is not None and (lib.amx or lib.bf16_dot) else None
+        y = native_attention(*heads, mask, rope) if lowp and ops.attention_paths() else None
         if y is not None:
             y = y[:, keep_from:]
         else:
-            if lib is not None:   # bf16: the rotation straight from the strided q|k of qkv, one pass
-                qk = torch.empty(B, 2 * H, T, self.head_dim, dtype=qkv.dtype)
-                lib.itf_rope_bf16(qkv.data_ptr(), qkv.stride(0), qkv.stride(1), qkv.stride(2), B, T, 2 * H,
-                                  self.head_dim, rope.contiguous().data_ptr(), qk.data_ptr())
-            else:
-                qk = apply_rope(qkv[:, :, : 2 * H].transpose(1, 2), rope)  # q and k rotated together, (B, 2H, T, d)
+            # bf16: the rotation straight from the strided q|k of qkv, one pass; else q and k rotated together
+            qk = ops.rope_bf16(qkv, rope, 2 * H, self.head_dim) if lowp else None
+            if qk is None:
+                qk = apply_rope(qkv[:, :, : 2 * H].transpose(1, 2), rope)  # (B, 2H, T, d)
             q, k, v = qk[:, :H], qk[:, H:], heads[2]
             # SDPA is faster on contiguous heads
             y = F.scaled_dot_product_attention(q[:, :, keep_from:], k, v.contiguous(), attn_mask=mask).transpose(1, 2)
         return self.wo(y.reshape(B, T - keep_from, D))
 
 
-def native_attention(lib, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
-                     rope: Optional[Tensor] = None) -> Optional[Tensor]:
-    """softmax(q·kᵀ/√d, valid keys)·v in kernels/attention.c (AMX tiles where `lib.amx`, else AVX512-BF16
-    dot products; the caller checks that one holds) -> (B, T, H, d), the layout wo reads; None when the
-    kernel does not take the shape (head width other than 64) and SDPA must run.
+def native_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], rope: Optional[Tensor] = None,
+                     path: Optional[str] = None) -> Optional[Tensor]:
+    """softmax(q·kᵀ/√d, valid keys)·v in kernels/attention.c (kernels.ops.attention_bf16: AMX tiles, else
+    AVX512-BF16 dot products; `path` forces one) -> (B, T, H, d), the layout wo reads; None when the kernel
+    does not take it (no such CPU, head width other than 64) and SDPA must run.
     q, k, v: (B, H, T, d) bf16 views, d contiguous (v read straight from the strided qkv). mask: None or the
     DiT's (B, 1, 1, T) key mask, always a prefix (sequence_mask), so it is passed as lengths. rope: None, or
     the (T, d/2, 2) fp32 table q and k are rotated by as the kernel reads them (apply_rope's pairs, rounded
     to bf16 once: the same values as rotating them first)."""
     B, H, T, d = q.shape
-    if d != 64 or mask is not None and mask.shape != (B, 1, 1, T):
+    if mask is not None and mask.shape != (B, 1, 1, T):
         return None
-    out = torch.empty(B, T, H, d, dtype=q.dtype)
     lengths = None if mask is None else mask.reshape(B, T).sum(-1, dtype=torch.int32)
-    rc = lib.itf_attention_bf16(q.data_ptr(), *q.stride()[:3], k.data_ptr(), *k.stride()[:3], v.data_ptr(),
-                                *v.stride()[:3], None if lengths is None else lengths.data_ptr(), B, H, T, d,
-                                d ** -0.5, out.data_ptr(), out.stride(0), out.stride(2), out.stride(1),
-                                None if rope is None else rope.contiguous().data_ptr(), int(lib.amx))
-    return None if rc else out
+    return ops.attention_bf16(q, k, v, lengths, rope, path)
 
 
 class FeedForward(nn.Module):
@@ -188,9 +164,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w1(x), self.w3(x)
-        lib = lowp_kernels(gate)
-        if lib is not None and up.is_contiguous() and up.dtype == gate.dtype:
-            lib.itf_silu_mul_bf16(gate.data_ptr(), up.data_ptr(), gate.data_ptr(), gate.numel())
+        if ops.silu_mul_bf16_(gate, up):   # bf16 stage: one pass, in place
             return self.w2(gate)
         return self.w2(F.silu(gate, inplace=True).mul_(up))
 
@@ -331,7 +305,7 @@ class WaveNet(nn.Module):
     def time_major_ok(self, x: Tensor) -> bool:
         """Whether x (B, T, H) can take the time-major path: a bf16 CPU stage with the C kernels (the gate) and
         T longer than every padding (shorter inputs need the official zero-append quirk: channel-major)."""
-        return lowp_kernels(x, whole_vectors=False) is not None and \
+        return ops.bf16_ready(x, whole_vectors=False) and \
             x.shape[1] > max(max(layer.pad) for layer in self.in_layers)
 
     def forward(self, x: Tensor, mask: Optional[Tensor], g: Tensor, time_major: bool = False) -> Tensor:
@@ -356,11 +330,7 @@ class WaveNet(nn.Module):
         """tanh(a1 + g1)·sigmoid(a2 + g2) of the two channel halves; gi (B, 2H, 1)."""
         H = self.hidden
         if time_major:   # kernels/native.c: (B, T, 2H) -> (B, T, H), fp32 inside, rounded once
-            gi = gi[..., 0].to(a.dtype)
-            acts = a.new_empty(a.shape[0], a.shape[1], H)
-            lowp_kernels(a, whole_vectors=False).itf_wavenet_gate_bf16(
-                a.data_ptr(), gi.data_ptr(), gi.stride(0), a.shape[0], H, a.shape[1], acts.data_ptr())
-            return acts
+            return ops.wavenet_gate_bf16(a, gi[..., 0], H)
         a.add_(gi)
         return a[:, :H].tanh_().mul_(a[:, H:].sigmoid_())  # in place
 
