@@ -109,3 +109,30 @@ def test_linear_modules_take_the_kernels_where_this_tier_has_them():
         assert float((int8(x).double() - want).norm() / want.norm()) < 2e-2
     if kernels.portable() is not None:
         assert int8.packed is not None and fp32.rows >= 1
+
+
+def test_a_cpu_without_x86_kernels_falls_back_with_one_warning(monkeypatch):
+    """aarch64 (or any non-x86 CPU): no library is built, every op answers None, one warning in all."""
+    import dataclasses
+    import warnings
+
+    from indextts_fast.cpu import detect
+
+    arm = dataclasses.replace(detect(), arch="aarch64", tier="neon", native_tier="neon", flags=frozenset({"asimd"}))
+    monkeypatch.setattr(kernels, "detect", lambda: arm)
+    monkeypatch.setattr(kernels, "_warned", [])
+    kernels.load.cache_clear()
+    kernels.portable.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert kernels.load() is None and kernels.portable() is None and kernels.portable() is None
+            x = torch.randn(2, 32)
+            assert ops.gemm_f32_rows(x, torch.randn(8, 32), None) is None and ops.quantize_u8(x) is None
+            assert ops.pack_w8(torch.zeros(8, 32, dtype=torch.int8)) is None
+            assert Int8Linear(torch.randn(8, 32), None)(x).shape == (2, 8)   # torch's kernels instead
+        assert [str(w.message) for w in caught if "kernels" in str(w.message)] == \
+            ["native kernels are x86-64 only (aarch64): using torch's kernels"]
+    finally:
+        kernels.load.cache_clear()
+        kernels.portable.cache_clear()

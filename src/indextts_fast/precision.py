@@ -327,22 +327,32 @@ class _BlockWeights(ctypes.Structure):
                [(name, ctypes.c_void_p * 4) for name in ("w", "wsum", "ws", "bias")]
 
 
-def _block_table(model: nn.Module):
-    """The itf_block_t array of an int8dyn GPT (built once; the tensors it points to are the model's own),
-    or None when a block does not qualify (a projection without the kernel, unequal LayerNorm eps)."""
+def _fill_block_table(model: nn.Module, entry_type, qualifies, fill):
+    """One ctypes struct per GPT-2 block (LayerNorms + the four projections c_attn, attn.c_proj, mlp.c_fc,
+    mlp.c_proj, pointing at the model's own tensors; built once), or None when a projection does not
+    `qualify` or the LayerNorm eps differ. `fill(entry, i, module)` sets projection i's pointers."""
     blocks = model.gpt.h
     linears = [(b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj) for b in blocks]
-    if not all(isinstance(m, DynamicInt8Linear) and m.kernel is not None for four in linears for m in four) or \
+    if not all(qualifies(m) for four in linears for m in four) or \
             len({b.ln_1.eps for b in blocks} | {b.ln_2.eps for b in blocks}) != 1:
         return None
-    table = (_BlockWeights * len(blocks))()
+    table = (entry_type * len(blocks))()
     for entry, block, four in zip(table, blocks, linears):
         entry.ln1_w, entry.ln1_b = block.ln_1.weight.data_ptr(), block.ln_1.bias.data_ptr()
         entry.ln2_w, entry.ln2_b = block.ln_2.weight.data_ptr(), block.ln_2.bias.data_ptr()
         for i, m in enumerate(four):
-            entry.w[i], entry.wsum[i] = m.vnni.data_ptr(), m.wsum.data_ptr()
-            entry.ws[i], entry.bias[i] = m.wscale.data_ptr(), m.wbias.data_ptr()
+            fill(entry, i, m)
     return table
+
+
+def _block_table(model: nn.Module):
+    """The itf_block_t array of an int8dyn GPT whose projections all have the VNNI kernel, or None."""
+    def fill(entry, i, m):
+        entry.w[i], entry.wsum[i] = m.vnni.data_ptr(), m.wsum.data_ptr()
+        entry.ws[i], entry.bias[i] = m.wscale.data_ptr(), m.wbias.data_ptr()
+
+    return _fill_block_table(model, _BlockWeights, lambda m: isinstance(m, DynamicInt8Linear) and m.kernel is not None,
+                             fill)
 
 
 def fused_int8_decode(model: nn.Module, x: torch.Tensor, cache) -> Optional[torch.Tensor]:
@@ -377,20 +387,12 @@ class _BlockW8(ctypes.Structure):
 
 
 def _w8_block_table(model: nn.Module):
-    """The itf_block_w8_t array of an int8 (weight-only) GPT whose projections all run on our kernel (built
-    once; it points at the model's own tensors), or None."""
-    blocks = model.gpt.h
-    linears = [(b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj) for b in blocks]
-    if not all(isinstance(m, Int8Linear) and m.packed is not None and m.bias is not None
-               for four in linears for m in four) or len({b.ln_1.eps for b in blocks} | {b.ln_2.eps for b in blocks}) != 1:
-        return None
-    table = (_BlockW8 * len(blocks))()
-    for entry, block, four in zip(table, blocks, linears):
-        entry.ln1_w, entry.ln1_b = block.ln_1.weight.data_ptr(), block.ln_1.bias.data_ptr()
-        entry.ln2_w, entry.ln2_b = block.ln_2.weight.data_ptr(), block.ln_2.bias.data_ptr()
-        for i, m in enumerate(four):
-            entry.w[i], entry.ws[i], entry.bias[i] = m.packed.data_ptr(), m.scale_f32.data_ptr(), m.bias.data_ptr()
-    return table
+    """The itf_block_w8_t array of an int8 (weight-only) GPT whose projections all run on our kernel, or None."""
+    def fill(entry, i, m):
+        entry.w[i], entry.ws[i], entry.bias[i] = m.packed.data_ptr(), m.scale_f32.data_ptr(), m.bias.data_ptr()
+
+    return _fill_block_table(model, _BlockW8, lambda m: isinstance(m, Int8Linear) and m.packed is not None
+                             and m.bias is not None, fill)
 
 
 def fused_w8_decode(model: nn.Module, x: torch.Tensor, cache) -> Optional[torch.Tensor]:

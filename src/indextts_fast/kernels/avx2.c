@@ -290,17 +290,18 @@ static void gelu_rows(float *h, long n) {
     }
 }
 
-/* LayerNorm of each row (population variance, as torch), sums in double. */
-static void layer_norm_rows(const float *x, int S, int D, const float *w, const float *b, float eps, float *out) {
-    for (int m = 0; m < S; m++) {
-        const float *r = x + (size_t)m * D;
+/* LayerNorm of each row (population variance, as torch), sums in double, into out (M, K); shared with
+   native.c and gpt_step.c (kernels.h). */
+void itf_layer_norm_rows(const float *x, int M, int K, const float *w, const float *b, float eps, float *out) {
+    for (int m = 0; m < M; m++) {
+        const float *r = x + (size_t)m * K;
         double sum = 0.0, sq = 0.0;
-        for (int k = 0; k < D; k++) sum += r[k];
-        double mean = sum / D;
-        for (int k = 0; k < D; k++) { double t = r[k] - mean; sq += t * t; }
-        float inv = (float)(1.0 / sqrt(sq / D + eps)), mu = (float)mean;
-        float *o = out + (size_t)m * D;
-        for (int k = 0; k < D; k++) o[k] = (r[k] - mu) * inv * w[k] + b[k];
+        for (int k = 0; k < K; k++) sum += r[k];
+        double mean = sum / K;
+        for (int k = 0; k < K; k++) { double t = r[k] - mean; sq += t * t; }
+        float inv = (float)(1.0 / sqrt(sq / K + eps)), mu = (float)mean;
+        float *o = out + (size_t)m * K;
+        for (int k = 0; k < K; k++) o[k] = (r[k] - mu) * inv * w[k] + b[k];
     }
 }
 
@@ -383,7 +384,7 @@ int itf_gpt_step_w8(float *x, int S, int D, int L, const itf_block_w8_t *blocks,
             float *kl = k + (size_t)l * layer_stride, *vl = v + (size_t)l * layer_stride;
             #pragma omp single
             {
-                layer_norm_rows(x, S, D, b->ln1_w, b->ln1_b, eps, xn);
+                itf_layer_norm_rows(x, S, D, b->ln1_w, b->ln1_b, eps, xn);
                 quantize_rows_i16(xn, S, D, xq, xs);
             }
             step_product(xq, xs, S, D, b->w[0], b->ws[0], b->bias[0], 3 * D, NULL, qkv);
@@ -401,7 +402,7 @@ int itf_gpt_step_w8(float *x, int S, int D, int L, const itf_block_w8_t *blocks,
             step_product(xq, xs, S, D, b->w[1], b->ws[1], b->bias[1], D, x, x);
             #pragma omp single
             {
-                layer_norm_rows(x, S, D, b->ln2_w, b->ln2_b, eps, xn);
+                itf_layer_norm_rows(x, S, D, b->ln2_w, b->ln2_b, eps, xn);
                 quantize_rows_i16(xn, S, D, xq, xs);
             }
             step_product(xq, xs, S, D, b->w[2], b->ws[2], b->bias[2], F, NULL, h);

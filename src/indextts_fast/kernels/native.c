@@ -40,20 +40,7 @@ void itf_quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, float 
     }
 }
 
-/* Optional LayerNorm of each row (population variance, as torch), into out (M, K). */
-void itf_layer_norm_rows(const float *x, int M, int K, const float *w, const float *b, float eps, float *out) {
-    for (int m = 0; m < M; m++) {
-        const float *r = x + (size_t)m * K;
-        double sum = 0.0, sq = 0.0;
-        for (int k = 0; k < K; k++) sum += r[k];
-        double mean = sum / K;
-        for (int k = 0; k < K; k++) { double d = r[k] - mean; sq += d * d; }
-        float inv = (float)(1.0 / sqrt(sq / K + eps)), mu = (float)mean;
-        float *o = out + (size_t)m * K;
-        for (int k = 0; k < K; k++) o[k] = (r[k] - mu) * inv * w[k] + b[k];
-    }
-}
-
+/* itf_layer_norm_rows (kernels.h): in avx2.c, which every library holds. */
 
 /* tanh(u) = sign(u) · (1 − e^(−2|u|)) / (1 + e^(−2|u|)) */
 static inline __m512 tanh_ps(__m512 u) {
