@@ -284,7 +284,7 @@ class SpeakerStore:
                 _INHERITED.append(self._connection)  # parent's or our own POSIX locks, so never close it
             conn = sqlite3.connect(self.root / DB_NAME, timeout=self.busy_timeout_s, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn, self.busy_timeout_s)
             conn.execute("PRAGMA synchronous = FULL")  # a committed removal must not come back after power loss
             self._connection, self._connection_pid = conn, os.getpid()
         return self._connection
@@ -555,3 +555,20 @@ def _utc(seconds: float) -> datetime:
 def _speaker_record(row: tuple) -> SpeakerRecord:
     sid, sha, fp, created, source, dur, specs, file = row
     return SpeakerRecord(sid, sha, fp, _utc(created), source, dur, _specs_from_json(specs), file)
+
+
+def _use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Put the index in WAL mode (persistent, so usually it already is: reading the mode takes no lock).
+    Switching needs a moment with no other connection in a transaction and SQLite answers "database is
+    locked" at once instead of waiting on its busy handler: retried here, for up to `timeout_s`."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
