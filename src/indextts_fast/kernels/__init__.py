@@ -1,6 +1,14 @@
-"""Hand-written CPU kernels (AVX-512), built on first use with the system C compiler; optional.
+"""Hand-written CPU kernels, built on first use with the system C compiler; optional. Callers go through
+`kernels/ops.py` (typed: tensors in, a tensor or None out), never through ctypes.
 
-`native.c`, `gpt_step.c` and `attention.c` (one library):
+Two libraries, by tier (cpu.py): the AVX2 one (`avx2.c`, for AVX2 and AVX-512 CPUs without VNNI) and the
+full one (every source, for AVX-512 VNNI CPUs), so that avx2.c's kernels exist on every x86 tier from AVX2:
+- `itf_gemv_w8_f32` (avx2.c): the int8 weight-only product (weights packed by 4 outputs, fp32 rows as int16,
+  exact int32 sums, any number of rows); `itf_gpt_step_w8`: a whole int8 weight-only GPT-2 decode step on
+  an fp32 KV cache in one call; `itf_gemm_f32_rows`: the exact fp32 product for 1-8 rows reading every
+  weight once; `itf_quantize_u8_avx2`: per-tensor unsigned quantisation to 0..qmax (127 without VNNI).
+
+`native.c`, `gpt_step.c` and `attention.c` (AVX-512, the full library only):
 - `itf_gemv_s8`: the int8 GEMV of the GPT decode step (1-8 rows): activations quantised per row to uint8
   (with a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale
   and bias applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each
@@ -25,11 +33,14 @@
 - `itf_aa_snake`: BigVGAN's anti-aliased Snake activation (up-sample ×2, Snake, down-sample ×2) per
   channel row in one pass, fp32 arithmetic; `itf_aa_snake_tm_bf16`: the same on a time-major bf16 signal,
   16 channels per vector (the bf16 vocoder stage runs time-major).
-All run on torch's OpenMP pool (same libgomp). Only `itf_gemv_f32` is used by the fp32 (parity) path.
+All run on torch's OpenMP pool (same libgomp). Only `itf_gemv_f32` and `itf_gemm_f32_rows` serve the fp32
+(parity) path.
 
-`load()` returns the loaded library, or None — and the callers then use torch's / fbgemm's kernels — when
-the CPU has no AVX-512 VNNI, no C compiler is found ($CC, cc, gcc), the build fails, or
-$INDEXTTS_FAST_KERNELS=0. The shared object is cached under the data folder, keyed by the source's hash.
+`load()` returns the full library, or None when the CPU (as `cpu.detect()` sees it, a forced tier included)
+has no AVX-512 VNNI; `portable()` the library with avx2.c's kernels (the full one where it loads), or None
+below AVX2 or on a CPU that is not x86-64. Either is None — and callers use torch's / oneDNN's / fbgemm's
+kernels, after one warning — when no C compiler is found ($CC, cc, gcc), the build fails, or
+$INDEXTTS_FAST_KERNELS=0. Shared objects are cached under the data folder, keyed by the sources' hash.
 """
 
 from __future__ import annotations
