@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         plot(per_preset, names, STAGES, args.plot, title=f"{'random full-size' if random_model else model_dir.name}, "
-             f"{args.runs} runs, {args.threads} threads")
+             f"{args.runs} runs, {args.threads} threads, CPU tier {report['machine']['capabilities']['tier']}")
         print(f"wrote {args.plot}")
     return 0
 
