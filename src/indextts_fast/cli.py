@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Optional
 
 from .errors import IndexTTSFastError
 
@@ -26,13 +27,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = "") -> argparse.ArgumentParser:
+    """The parser. `only`: None builds every command's arguments (imports every command module); a command
+    name builds that one's and lists the others; "" lists them all without importing any (so that
+    `indextts-fast --help` and each command's own arguments parse without loading torch)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="indextts-fast", description="Fast, measured IndexTTS2 inference.")
     parser.add_argument("--version", action="version", version=f"indextts-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(p)
@@ -40,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: list[str]) -> str:
+    """The command named in argv (the first argument that is one), or ""."""
+    return next((a for a in argv if a in COMMANDS), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command_of(argv)).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except IndexTTSFastError as exc:

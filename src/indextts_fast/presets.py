@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
-from .decoding import DecodingOptions
+from .options import DecodingOptions
 from .errors import OptionError
 
 

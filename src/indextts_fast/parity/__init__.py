@@ -16,9 +16,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import IndexTTSFastError
+
+if TYPE_CHECKING:
+    import torch
 
 # stage name -> checker module (inside this package); order = the order stages run in.
 STAGES = {
@@ -53,6 +56,8 @@ def compare(stage: str, name: str, got, want, atol: float = 0.0, rtol: float = 0
     The check is |got - want| <= atol + rtol * |want| elementwise, NaN/inf must sit in the same places
     with the same sign (so -inf patterns of logits processors compare exactly).
     """
+    import torch
+
     got_t = torch.as_tensor(got).detach().cpu()
     want_t = torch.as_tensor(want).detach().cpu()
     if tuple(got_t.shape) != tuple(want_t.shape):
