@@ -174,7 +174,7 @@ def test_results_confidence_interval_uses_student_t(run_dir):
 def test_score_api_rejects_bad_input(run_dir):
     from fastapi.testclient import TestClient
 
-    client = TestClient(listening.create_app(run_dir))
+    client = TestClient(listening.create_app(run_dir), base_url="http://127.0.0.1")
     oid = client.get("/api/items").json()["groups"][0]["clips"][0]["id"]
     assert client.post("/api/score", json={"rater": "bob", "clip": oid, "score": 6}).status_code == 422
     assert client.post("/api/score", json={"rater": "bob", "clip": "nope", "score": 3}).status_code == 400
@@ -186,3 +186,51 @@ def test_score_api_rejects_bad_input(run_dir):
     assert client.get("/docs").status_code == 404  # no API docs page naming anything
     data = json.dumps(client.get("/api/items?rater=bob").json())
     assert '"score": 3' in data
+
+
+@pytest.mark.parametrize("body", ['{"rater":"b","clip":"%s","score":NaN}', '{"rater":"b","clip":"%s","score":-Infinity}',
+                                  '{"rater":"b","clip":"%s","score":1e400}', '{"rater":"b","clip":"%s","score":2.5}',
+                                  '[1, 2]', '\xff\xfe'])
+def test_non_finite_or_malformed_scores_are_422_and_never_echoed(run_dir, body):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(listening.create_app(run_dir), base_url="http://127.0.0.1", raise_server_exceptions=False)
+    oid = client.get("/api/items").json()["groups"][0]["clips"][0]["id"]
+    payload = body % oid if "%s" in body else body
+    r = client.post("/api/score", content=payload.encode("latin-1"), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "Traceback" not in r.text and oid not in r.text
+    assert listening.results(run_dir)["variants"]["baseline"]["n"] == 0        # nothing stored
+
+
+def test_foreign_host_headers_and_large_bodies_are_refused(run_dir):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(listening.create_app(run_dir), base_url="http://127.0.0.1")
+    assert client.get("/api/items").status_code == 200
+    assert client.get("/api/items", headers={"host": "localhost:8765"}).status_code == 200
+    assert client.get("/api/items", headers={"host": "attacker.example"}).status_code == 400   # DNS rebinding
+    big = b'{"rater": "' + b"x" * 50_000_000 + b'"}'
+    r = client.post("/api/score", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and len(r.content) < 200                       # not echoed back
+    def chunks():   # no Content-Length: refused once the limit is read
+        for _ in range(1000):
+            yield b"x" * 65536
+    assert client.post("/api/score", content=chunks()).status_code == 413
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"texts": []}', "[]"])
+def test_listen_on_an_invalid_manifest_names_the_file(tmp_path, capsys, content):
+    from indextts_fast.cli import main
+
+    (tmp_path / "manifest.json").write_text(content)
+    assert main(["listen", str(tmp_path), "--lifetime", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "manifest.json" in err and "Traceback" not in err
+    assert not (tmp_path / listening.DB_NAME).exists()
+
+
+def test_listen_on_an_empty_folder_creates_nothing(tmp_path, capsys):
+    from indextts_fast.cli import main
+
+    assert main(["listen", str(tmp_path), "--lifetime", "1"]) == 2
+    assert "no manifest.json" in capsys.readouterr().err and list(tmp_path.iterdir()) == []

@@ -341,4 +341,12 @@ def load_manifest(run_dir: str | Path) -> dict:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise OptionError(f"{run_dir} is not a compare run (no {MANIFEST}); make one with `indextts-fast compare`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OptionError(f"{path} is not a valid compare manifest: {e}") from None
+    kinds = {"texts": list, "voices": list, "variants": dict, "clips": list}
+    missing = [k for k, kind in kinds.items() if not isinstance(manifest, dict) or not isinstance(manifest.get(k), kind)]
+    if missing:
+        raise OptionError(f"{path} is not a compare manifest: {', '.join(missing)} missing or of the wrong type")
+    return manifest

@@ -17,6 +17,7 @@ import math
 import random
 import secrets
 import socket
+import json
 import sqlite3
 import statistics
 import threading
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from pydantic import BaseModel, Field
+from starlette.requests import Request   # at module level: FastAPI resolves the endpoint's annotation here
 
 from .compare import load_manifest
 from .errors import OptionError
@@ -88,6 +90,38 @@ class Score(BaseModel):
     score: int = Field(ge=1, le=5)
 
 
+MAX_BODY = 4096   # bytes: a score is ~100
+
+
+async def _read_score(request):
+    """The posted score, or the error response: 413 past MAX_BODY (read no further), 422 for anything that is
+    not one JSON object with a finite 1-5 score (NaN, Infinity, 1e400 included). Errors name the field, never
+    echo the input."""
+    from fastapi.responses import JSONResponse
+    from pydantic import ValidationError
+
+    size = request.headers.get("content-length", "")
+    if size and (not size.isdigit() or int(size) > MAX_BODY):
+        return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
+
+    def no_constants(name: str):
+        raise ValueError(f"{name} is not a number this API takes")
+
+    try:
+        data = json.loads(body, parse_constant=no_constants)
+        return Score.model_validate(data)
+    except ValidationError as e:
+        fields = ", ".join(".".join(map(str, err["loc"])) + ": " + err["msg"] for err in e.errors(include_input=False))
+        return JSONResponse({"detail": fields}, status_code=422)
+    except ValueError as e:   # not JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        return JSONResponse({"detail": f"the body is not a JSON score: {str(e)[:100]}"}, status_code=422)
+
+
 def opaque_id(secret: bytes, clip_id: str) -> str:
     return hmac.new(secret, clip_id.encode(), hashlib.sha256).hexdigest()[:24]
 
@@ -95,7 +129,8 @@ def opaque_id(secret: bytes, clip_id: str) -> str:
 def create_app(run_dir: str | Path):
     """The FastAPI app serving the blind page, the clips by opaque id, and the score API."""
     from fastapi import FastAPI, HTTPException
-    from fastapi.responses import FileResponse, HTMLResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     run_dir = Path(run_dir).resolve()
     manifest = load_manifest(run_dir)
@@ -112,6 +147,8 @@ def create_app(run_dir: str | Path):
     shuffle = random.SystemRandom().shuffle
 
     app = FastAPI(title="listening test", docs_url=None, redoc_url=None, openapi_url=None)
+    # only this machine's own names: a page of another host name (DNS rebinding) gets 400
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -138,7 +175,10 @@ def create_app(run_dir: str | Path):
         return FileResponse(run_dir / c["file"], media_type="audio/wav", headers={"Cache-Control": "no-store"})
 
     @app.post("/api/score")
-    def score(s: Score) -> dict:
+    async def score(request: Request):
+        s = await _read_score(request)
+        if isinstance(s, JSONResponse):
+            return s
         c = clips.get(s.clip)
         rater = s.rater.strip()
         if c is None or not rater:
