@@ -31,3 +31,93 @@ def test_top_level_help_imports_no_torch():
 @pytest.mark.parametrize("command", TORCH_FREE)
 def test_every_command_help_imports_no_torch(command):
     assert _modules_after([command, "--help"]) == "False"
+
+
+# ---- bad requests: one line, exit 2, before any model loads, nothing written ---------------------------------
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if a model starts loading (every check must come first)."""
+    from indextts_fast import pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(pipeline.Engine, "__init__", refuse)
+
+
+def synthesize(tmp_path, *extra, text=("--text", "Hello there.")):
+    voice = tmp_path / "voice.wav"
+    if not voice.exists():
+        import numpy as np
+        import soundfile as sf
+
+        sf.write(voice, np.zeros(1600, dtype=np.float32), 16000)
+    return ["synthesize", "--model-dir", str(tmp_path / "no-model"), "--voice", str(voice), *text, *extra]
+
+
+def refused(argv, capsys, *words):
+    from indextts_fast.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err + captured.out, err
+    for word in words:
+        assert word in err, (word, err)
+    return err
+
+
+def test_unsupported_or_missing_extension(tmp_path, capsys, no_model):
+    refused(synthesize(tmp_path, "--out", str(tmp_path / "x.mp3")), capsys, "x.mp3", ".wav")
+    refused(synthesize(tmp_path, "--out", str(tmp_path / "x")), capsys, "no extension")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["voice.wav"]
+
+
+def test_output_under_a_file_or_onto_a_folder(tmp_path, capsys, no_model):
+    (tmp_path / "file.txt").write_text("x")
+    refused(synthesize(tmp_path, "--out", str(tmp_path / "file.txt" / "deeper" / "x.wav")), capsys, "is a file")
+    (tmp_path / "folder.wav").mkdir()
+    refused(synthesize(tmp_path, "--out", str(tmp_path / "folder.wav")), capsys, "is a folder")
+    assert (tmp_path / "file.txt").read_text() == "x" and not any((tmp_path / "folder.wav").iterdir())
+
+
+def test_output_in_an_unwritable_folder(tmp_path, capsys, no_model):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who may write anywhere (root): permissions cannot be tested")
+        refused(synthesize(tmp_path, "--out", str(locked / "x.wav")), capsys, "no permission")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_gbk_text_file_is_named_with_its_likely_encoding(tmp_path, capsys, no_model):
+    story = tmp_path / "story.txt"
+    story.write_bytes("你好，欢迎使用。".encode("gbk"))
+    refused(synthesize(tmp_path, "--out", str(tmp_path / "o.wav"), text=("--text-file", str(story))), capsys,
+            "story.txt", "not UTF-8", "GB18030")
+    refused(synthesize(tmp_path, "--out", str(tmp_path / "o.wav"), text=("--text-file", str(tmp_path / "nope.txt"))),
+            capsys, "nope.txt")
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1"])
+def test_out_of_range_seeds(tmp_path, capsys, no_model, seed):
+    refused(synthesize(tmp_path, "--out", str(tmp_path / "o.wav"), "--seed", seed), capsys, "seed", seed)
+
+
+@pytest.mark.parametrize("extra,words", [(["--top-k", "-3"], ["top_k"]), (["--preset", "fastest"], ["fastest"]),
+                                         (["--precision", "fp8"], ["fp8"]), (["--emotion-vector", "1,2"], ["8"]),
+                                         (["--emotion-alpha", "2"], ["alpha"])])
+def test_bad_settings_are_refused_before_loading(tmp_path, capsys, no_model, extra, words):
+    refused(synthesize(tmp_path, "--out", str(tmp_path / "o.wav"), *extra), capsys, *words)
+
+
+def test_a_missing_voice_file(tmp_path, capsys, no_model):
+    argv = synthesize(tmp_path, "--out", str(tmp_path / "o.wav"))
+    argv[argv.index("--voice") + 1] = str(tmp_path / "nobody.wav")
+    refused(argv, capsys, "nobody.wav")

@@ -174,3 +174,25 @@ def test_errors(engine, prompt, tmp_path):
 def test_emotion_from_text_without_the_classifier(engine, prompt):
     with pytest.raises(IndexTTSFastError, match="emotion classifier"):
         engine.synthesize(TEXTS["en"], voice=prompt, emotion=Emotion(from_text=True), **SHORT)
+
+
+def test_wrong_text_types_and_seeds_are_named(engine, prompt):
+    with pytest.raises(OptionError, match="text must be a str, got bytes"):
+        engine.synthesize(b"Hello", voice=prompt)
+    with pytest.raises(OptionError, match="seed"):
+        engine.synthesize("Hello", voice=prompt, seed=2 ** 64)
+    with pytest.raises(OptionError, match="seed"):
+        engine.synthesize("Hello", voice=prompt, seed=-1)
+
+
+def test_save_writes_whole_files_only(engine, prompt, tmp_path):
+    r = engine.synthesize("Hello.", voice=prompt, preset="extreme", seed=1, **SHORT)
+    out = r.save(tmp_path / "sub" / "a.flac")
+    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == ["a.flac"]   # no temp file left
+    assert sf.info(str(out)).samplerate == r.sample_rate
+    with pytest.raises(OptionError, match="choose a .wav"):
+        r.save(tmp_path / "a.mp3")
+    (tmp_path / "d.wav").mkdir()
+    with pytest.raises(OptionError, match="is a folder"):
+        r.save(tmp_path / "d.wav")
+    assert not (tmp_path / "a.mp3").exists()

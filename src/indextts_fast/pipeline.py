@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .config import ModelFolder
+from .options import check_seed
 from .errors import AudioError, OptionError
 from .presets import Settings, resolve
 from .profiling import StageTimer, Timings
@@ -118,15 +119,24 @@ class SynthesisResult:
 
     def save(self, path: str | Path) -> Path:
         """Write wav (16-bit PCM, as the official code), flac (16-bit) or ogg (vorbis), by extension."""
+        import os
+        import tempfile
+
         import soundfile as sf
 
-        path = Path(path)
-        formats = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
-        if path.suffix.lower() not in formats:
-            raise OptionError(f"cannot write {path.name}: choose a .wav, .flac or .ogg file name")
-        fmt, subtype = formats[path.suffix.lower()]
+        from .checks import AUDIO_FORMATS, check_output_path
+
+        path = check_output_path(path)
+        fmt, subtype = AUDIO_FORMATS[path.suffix.lower()]
         path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), self.audio, self.sample_rate, format=fmt, subtype=subtype)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:   # written beside the target, then renamed: never a partial file under the name asked for
+            with os.fdopen(fd, "wb") as f:
+                sf.write(f, self.audio, self.sample_rate, format=fmt, subtype=subtype)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
 
@@ -341,8 +351,12 @@ class Engine:
         is suppressed; for timing random-weight models, which never stop). `noise` injects each
         segment's CFM starting noise (1, 80, T_ref + T_target) (parity with the official goldens).
         """
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise OptionError(f"text must be a str, got {type(text).__name__}")
+        if not text.strip():
             raise OptionError("text is empty: give something to say")
+        if seed is not None:
+            check_seed(seed)
         settings = settings.overridden(**overrides) if settings is not None else resolve(preset, overrides)
         emotion = emotion or Emotion()
         if forced_codes is not None and forced_codes < 1:

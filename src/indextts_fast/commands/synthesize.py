@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_engine_arguments, add_settings_arguments, open_engine, settings_overrides
+from . import add_engine_arguments, add_settings_arguments, open_engine, parse_precision, settings_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,22 +32,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checks import check_output_path, read_text_file
     from ..errors import OptionError
-    from ..pipeline import Emotion
+    from ..options import check_seed
+    from ..plan import make_plan
+    from ..presets import resolve
 
-    if args.text_file:
-        try:
-            text = Path(args.text_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise OptionError(f"cannot read text file {args.text_file}: {exc}") from exc
-    else:
-        text = args.text
+    # everything the request names is checked before the model loads (and before torch is imported)
+    text = read_text_file(args.text_file) if args.text_file else args.text
+    if not text.strip():
+        raise OptionError(f"{'text file ' + args.text_file if args.text_file else '--text'} is empty: give something to say")
+    check_output_path(args.out)
+    if args.seed is not None:
+        check_seed(args.seed)
+    resolve(args.preset, settings_overrides(args))
+    make_plan(parse_precision(args.precision), device=args.device, force=args.force_precision)
+    for flag, audio in (("--voice", args.voice), ("--emotion-audio", args.emotion_audio)):
+        if audio is not None and not Path(audio).is_file():
+            raise OptionError(f"{flag} {audio}: no such audio file")
+    if not 0.0 <= args.emotion_alpha <= 1.0:
+        raise OptionError(f"--emotion-alpha {args.emotion_alpha} is outside 0..1")
     vector = None
     if args.emotion_vector:
         try:
             vector = [float(v) for v in args.emotion_vector.split(",")]
-        except ValueError as exc:
-            raise OptionError(f"--emotion-vector needs 8 comma-separated numbers: {exc}") from exc
+        except ValueError:
+            raise OptionError(f"--emotion-vector {args.emotion_vector!r}: needs 8 comma-separated numbers") from None
+        if len(vector) != 8:
+            raise OptionError(f"--emotion-vector has {len(vector)} numbers; it needs 8 (happy,angry,sad,afraid,"
+                              "disgusted,melancholic,surprised,calm)")
+    from ..pipeline import Emotion
+
     emotion = Emotion(audio=args.emotion_audio, alpha=args.emotion_alpha, vector=vector, use_random=args.emotion_random,
                       from_text=args.emotion_from_text or args.emotion_text is not None, text=args.emotion_text)
     engine = open_engine(args)
