@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from indextts_fast import kernels
 from indextts_fast.config import ModelFolder
 from indextts_fast.errors import OptionError
-from indextts_fast.int8gemm import (DIT_PRODUCTS, TRANSFORMER_PRODUCTS, Int8GemmLinear, convert_dit_, onednn_prepack,
+from indextts_fast.int8gemm import (DIT_PRODUCTS, TRANSFORMER_PRODUCTS, Int8GemmLinear, onednn_prepack,
                                     quantize_activations, quantize_int8)
 from indextts_fast.models.s2mel import S2Mel
 from indextts_fast.pipeline import Engine

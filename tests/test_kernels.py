@@ -355,7 +355,7 @@ def kernel_path(monkeypatch, path):
 def test_attention_kernel_matches_float32_sdpa(monkeypatch, path, B, H, T, lengths):
     from indextts_fast.models.dit import native_attention
 
-    lib = kernel_path(monkeypatch, path)
+    kernel_path(monkeypatch, path)
     g = torch.Generator().manual_seed(B * 100 + T)
     qkv = (torch.randn(B, T, 3 * H, 64, generator=g) * 2).bfloat16()           # the DiT's fused projection
     q = qkv[:, :, :H].transpose(1, 2).contiguous()

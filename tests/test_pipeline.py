@@ -44,7 +44,7 @@ def prompt(tiny_dir):
 def test_e2e_goldens(tiny_dir):
     lines = []
     passed, failed = run_parity(tiny_dir, ["e2e"], emit=lines.append)
-    assert failed == 0, "\n".join(l for l in lines if not l.startswith("PASS"))
+    assert failed == 0, "\n".join(line for line in lines if not line.startswith("PASS"))
     assert passed > 20
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -83,3 +84,21 @@ def fold_weight_norm(root: nn.Module) -> nn.Module:
                 w = torch._weight_norm(v, g, 0)
             module.register_parameter("weight", nn.Parameter(w, requires_grad=False))
     return root
+
+
+def randomize_(module, seed: int) -> None:
+    """Seeded random values like the reference sets': weights ~N(0, 1/fan_in), 1-D scales 1 ± 0.1,
+    biases ~0.1·N(0, 1), embeddings ~0.5·N(0, 1). Buffers (positional tables, BN statistics) are kept."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            leaf = name.rsplit(".", 1)[-1]
+            if p.dim() <= 1:
+                is_scale = leaf in ("weight", "gamma", "g", "scale") or "norm" in name
+                p.copy_(1.0 + 0.1 * noise if is_scale and leaf != "bias" else 0.1 * noise)
+            elif "emb" in name and p.dim() == 2:
+                p.copy_(0.5 * noise)
+            else:
+                fan_in = p[0].numel()
+                p.copy_(noise / math.sqrt(max(fan_in, 1)))

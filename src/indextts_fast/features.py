@@ -261,7 +261,7 @@ def write_random_checkpoint(folder: ModelFolder, seed: int) -> None:
     from safetensors.torch import save_file
     from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 
-    from .makeckpt import randomize_
+    from .checkpoint import randomize_
 
     out = folder.root / "hf_cache" / W2V_DIR
     out.mkdir(parents=True, exist_ok=True)

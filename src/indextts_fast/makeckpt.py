@@ -8,7 +8,6 @@ import argparse
 import copy
 import importlib
 import json
-import math
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -16,11 +15,12 @@ from typing import Callable
 
 import yaml
 
+
 ASSETS = "indextts2"  # package data: the small files of the real release (with its licence)
 SMALL_FILES = ["bpe.model", "MODEL_LICENSE.txt"]
 
 # Each stage writes its own files: module path -> function(folder: ModelFolder, seed: int) -> None.
-# A writer builds our module from the folder's config, randomises it (randomize_) and saves it in the
+# A writer builds our module from the folder's config, randomises it (checkpoint.randomize_) and saves it in the
 # official format. Listed in the order they are written.
 WRITERS: dict[str, str] = {
     "gpt": "indextts_fast.models.gpt:write_random_checkpoint",
@@ -60,26 +60,6 @@ def _merge(base: dict, update: dict) -> dict:
 
 def asset(name: str) -> Path:
     return Path(str(resources.files("indextts_fast") / "assets" / ASSETS / name))
-
-
-def randomize_(module, seed: int) -> None:
-    """Seeded random values like the reference sets': weights ~N(0, 1/fan_in), 1-D scales 1 ± 0.1,
-    biases ~0.1·N(0, 1), embeddings ~0.5·N(0, 1). Buffers (positional tables, BN statistics) are kept."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            leaf = name.rsplit(".", 1)[-1]
-            if p.dim() <= 1:
-                is_scale = leaf in ("weight", "gamma", "g", "scale") or "norm" in name
-                p.copy_(1.0 + 0.1 * noise if is_scale and leaf != "bias" else 0.1 * noise)
-            elif "emb" in name and p.dim() == 2:
-                p.copy_(0.5 * noise)
-            else:
-                fan_in = p[0].numel()
-                p.copy_(noise / math.sqrt(max(fan_in, 1)))
 
 
 def make_checkpoint(out: str | Path, size: str = "tiny", seed: int = 0,

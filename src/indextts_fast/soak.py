@@ -275,7 +275,7 @@ def default_voices(model_dir: str | Path, store_dir: Path) -> list[Path]:
     found = sorted((Path(model_dir) / "reference").glob("*.wav"))
     if found:
         return found
-    from .commands.profile import synthetic_prompt
+    from .audio import synthetic_prompt
 
     return [synthetic_prompt(store_dir / "prompts" / "synthetic-4.1s.wav", 4.1)]
 

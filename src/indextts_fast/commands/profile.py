@@ -62,26 +62,6 @@ def default_random_model(store_dir: Path) -> Path:
     return folder
 
 
-def synthetic_prompt(path: Path, seconds: float, sr: int = 22050) -> Path:
-    """A deterministic speech-like clip (voiced harmonics with a moving pitch, syllable-rate envelope,
-    a little noise): enough for timing; the features of a random model do not depend on it."""
-    import numpy as np
-    import soundfile as sf
-
-    if path.exists():
-        return path
-    t = np.arange(int(seconds * sr)) / sr
-    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
-    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4.0 * t)) ** 2
-    noise = np.random.default_rng(0).normal(0, 0.05, t.shape)
-    wav = 0.25 * envelope * voiced + noise * envelope
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), (0.9 * wav / np.abs(wav).max()).astype(np.float32), sr, subtype="PCM_16")
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -105,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     random_model = args.model_dir is None
     torch.set_flush_denormal(not args.keep_denormals)  # as bench s2mel/vocoder: changes values < 1.2e-38 only
     model_dir = default_random_model(store_dir) if random_model else Path(args.model_dir)
+    from ..audio import synthetic_prompt
+
     voice = Path(args.voice) if args.voice else synthetic_prompt(
         store_dir / "prompts" / f"synthetic-{args.prompt_seconds:g}s.wav", args.prompt_seconds)
     engine = Engine(model_dir, device=args.device, threads=args.threads, store=None, precision=plans[precisions[0]])

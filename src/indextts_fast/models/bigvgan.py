@@ -393,7 +393,7 @@ TINY_INITIAL_CHANNEL = 64  # a tiny folder (one with tiny_overrides.json) gets t
 def write_random_checkpoint(folder: ModelFolder, seed: int, config: Optional[dict] = None) -> None:
     """hf_cache/bigvgan/{config.json, bigvgan_generator.pt} with seeded random weights, WITH weight norm,
     keys exactly as the official file; the resampling filters keep their exact values."""
-    from ..makeckpt import randomize_
+    from ..checkpoint import randomize_
 
     if config is None:
         config = dict(REAL_CONFIG)

@@ -191,7 +191,7 @@ class CAMPPlus(nn.Module):
 
 def write_random_checkpoint(folder: ModelFolder, seed: int) -> None:
     """hf_cache/campplus_cn_common.bin: a random state dict with random BatchNorm statistics."""
-    from ..makeckpt import randomize_
+    from ..checkpoint import randomize_
 
     model = CAMPPlus(folder.overrides.campplus_ctor)
     randomize_(model, seed)

@@ -141,7 +141,7 @@ def write_random_checkpoint(folder: ModelFolder, seed: int) -> None:
     """hf_cache/semantic_codec_model.safetensors with random weights (flat keys, as the official file)."""
     from safetensors.torch import save_file
 
-    from ..makeckpt import randomize_
+    from ..checkpoint import randomize_
 
     model = SemanticCodec(folder.config.semantic_codec)
     randomize_(model, seed)

@@ -383,7 +383,7 @@ def load_gpt(folder: Union[ModelFolder, str, Path]) -> UnifiedVoice:
 
 def write_random_checkpoint(folder: ModelFolder, seed: int) -> None:
     """Write a seeded random gpt.pth (official keys and layout, standard `pe` tables) for the folder."""
-    from ..makeckpt import randomize_
+    from ..checkpoint import randomize_
 
     model = build_gpt(folder, "meta").to_empty(device="cpu")
     randomize_(model, seed)

@@ -195,7 +195,7 @@ class S2Mel(nn.Module):
 
 def write_random_checkpoint(folder: ModelFolder, seed: int) -> None:
     """s2mel.pth with seeded random weights in the official layout (deterministic buffers kept exact)."""
-    from ..makeckpt import randomize_
+    from ..checkpoint import randomize_
 
     model = S2Mel.build(folder)
     randomize_(model, seed)

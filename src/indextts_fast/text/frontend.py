@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import warnings
 from pathlib import Path
 from typing import Mapping, Optional
@@ -11,25 +10,11 @@ from ..errors import OptionError
 from .normalize import TextNormalizer
 from .segment import split_segments
 from .tokenize import UNK_ID, SentencePieceTokenizer, pretokenize
+from .wetext import default_backend  # noqa: F401  (re-exported)
 
 
 class UnknownTokensWarning(UserWarning):
     """The text contains characters the checkpoint's vocabulary cannot encode (they become id 2)."""
-
-
-_backend = None
-_backend_lock = threading.Lock()
-
-
-def default_backend():
-    """The process-wide WeTextProcessing back end (loaded on first use: ~1 s, ~7 s the very first time)."""
-    global _backend
-    with _backend_lock:
-        if _backend is None:
-            from .wetext import WeTextBackend
-
-            _backend = WeTextBackend()
-        return _backend
 
 
 class TextFrontEnd:

@@ -155,7 +155,7 @@ class TextNormalizer:
     @property
     def backend(self):
         if self._backend is None:
-            from .frontend import default_backend
+            from .wetext import default_backend
 
             self._backend = default_backend()
         return self._backend

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -275,3 +276,16 @@ class WeTextBackend:
         if out is None:
             out = self._single[char] = self._zh.normalize(char)
         return out
+
+
+_backend = None
+_backend_lock = threading.Lock()
+
+
+def default_backend():
+    """The process-wide WeTextProcessing back end (loaded on first use: ~1 s, ~7 s the very first time)."""
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            _backend = WeTextBackend()
+        return _backend
