@@ -196,3 +196,42 @@ def test_save_writes_whole_files_only(engine, prompt, tmp_path):
     with pytest.raises(OptionError, match="is a folder"):
         r.save(tmp_path / "d.wav")
     assert not (tmp_path / "a.mp3").exists()
+
+
+def test_stream_yields_each_segment_and_concatenates_to_synthesize(engine, prompt):
+    text = TEXTS["en"] + " " + TEXTS["en"]
+    kwargs = dict(voice=prompt, preset="extreme", seed=5, max_text_tokens_per_segment=20, **SHORT)
+    chunks = list(engine.stream(text, **kwargs))
+    whole = engine.synthesize(text, **kwargs)
+    assert len(chunks) == len(whole.segments) >= 2
+    assert [c.index for c in chunks] == list(range(len(chunks))) and chunks[-1].last and not chunks[0].last
+    assert all(c.count == len(chunks) and c.sample_rate == SAMPLE_RATE and c.seed == 5 for c in chunks)
+    assert np.array_equal(np.concatenate([c.audio for c in chunks]), whole.audio)
+    assert all(torch.equal(c.segment.codes, s.codes) for c, s in zip(chunks, whole.segments))
+    silence = int(SAMPLE_RATE * whole.settings.interval_silence_ms / 1000)
+    assert not chunks[1].audio[:silence].any()                  # the pause leads the second chunk
+    with pytest.raises(OptionError, match="got bytes"):
+        engine.stream(b"Hello", voice=prompt)                   # checked when called, not when iterated
+
+
+def test_concurrent_requests_give_the_audio_they_give_alone(engine, prompt):
+    import threading
+
+    jobs = [(TEXTS["en"], 11), (TEXTS["zh"], 12), (TEXTS["mixed"], 13)]
+    alone = [engine.synthesize(t, voice=prompt, preset="extreme", seed=s, **SHORT).audio for t, s in jobs]
+    engine.clear_caches()
+    together, errors = [None] * len(jobs), []
+
+    def run(i):
+        try:
+            t, s = jobs[i]
+            together[i] = engine.synthesize(t, voice=prompt, preset="extreme", seed=s, **SHORT).audio
+        except Exception as e:   # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and all(np.array_equal(a, b) for a, b in zip(alone, together))

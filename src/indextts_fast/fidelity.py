@@ -115,16 +115,21 @@ def s2mel_inputs(folder: ModelFolder, codes: int, prompt_codes: int, seed: int):
 
 
 @torch.inference_mode()
-def run_s2mel(s2mel, inputs, steps: int, cfg_rate: float, mode: str, device) -> torch.Tensor:
-    """Length regulator (prompt and target) + flow matching under `mode`; the generated mel (1, 80, T), fp32."""
+def run_s2mel(s2mel, inputs, steps: int, cfg_rate: float, plan: PrecisionPlan, device) -> torch.Tensor:
+    """Length regulator (prompt and target) + flow matching (stages.s2mel_generate) at the plan's S2Mel
+    precision -> the generated mel (1, 80, T), fp32."""
+    from . import stages
+    from .results import SpeakerConditioning
+
     content, prompt_content, t_ref, t_target, ref_mel, style, noise = (
         x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
-    with autocast(device, mode):
-        lr = s2mel.length_regulator
-        cat = torch.cat([lr(prompt_content, t_ref), lr(content, t_target)], dim=1).float()
-        mel = s2mel.cfm.inference(cat, torch.tensor([cat.shape[1]], device=device), ref_mel, style, steps,
-                                  cfg_rate=cfg_rate, noise=noise)
-    return mel[:, :, t_ref:].float()
+    m = stages.Models(folder=None, device=torch.device(device), plan=plan, text=None, gpt=None, emotions=None,
+                      w2v=None, codec=None, campplus=None, s2mel=s2mel, vocoder=None)   # only what the S2Mel reads
+    lr = s2mel.length_regulator
+    with m.autocast("s2mel"):
+        prompt_condition, cond = lr(prompt_content, t_ref).float(), lr(content, t_target).float()
+    spk = SpeakerConditioning(None, None, None, None, ref_mel, style, prompt_condition, None)
+    return stages.s2mel_generate(m, spk, cond, steps, cfg_rate, noise=noise)
 
 
 @torch.inference_mode()
@@ -169,17 +174,18 @@ def fidelity(model_dir, precision: Precision, *, codes: int = 48, text_tokens: i
     if (wanted["s2mel"] and modes["s2mel"] != "fp32") or (wanted["vocoder"] and modes["vocoder"] != "fp32"):
         s2mel = S2Mel.from_folder(folder).to(device)
         inputs = s2mel_inputs(folder, mel_codes, prompt_codes, seed)
-        mel = run_s2mel(s2mel, inputs, steps, cfg_rate, "fp32", device)
+        exact = make_plan("fp32")
+        mel = run_s2mel(s2mel, inputs, steps, cfg_rate, exact, device)
         if wanted["s2mel"] and modes["s2mel"] != "fp32":
             lowp = lowp_models(plan, folder, device, "s2mel")
-            got = run_s2mel(lowp, inputs, steps, cfg_rate, modes["s2mel"], device)
+            got = run_s2mel(lowp, inputs, steps, cfg_rate, plan, device)
             del lowp
             report["s2mel"] = {"mode": modes["s2mel"], "frames": int(mel.shape[-1]), "steps": steps,
                                "mel_rel_err": rel_err(got, mel), "mel_cosine": cosine(got, mel),
                                "mel_max_abs_err": float((got - mel).abs().max())}
             if sensitivity:
                 *rest, noise = inputs
-                moved = run_s2mel(s2mel, (*rest, nudged(noise, seed)), steps, cfg_rate, "fp32", device)
+                moved = run_s2mel(s2mel, (*rest, nudged(noise, seed)), steps, cfg_rate, exact, device)
                 report["s2mel"]["fp32_sensitivity_rel_err"] = rel_err(moved, mel)
         del s2mel
         if wanted["vocoder"] and modes["vocoder"] != "fp32":

@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -45,6 +44,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from .errors import IndexTTSFastError, OptionError
+from .lru import LRU
 from .paths import HOME_ENV, default_store_dir  # noqa: F401  (re-exported)
 
 # Tests only: seconds to sleep after an entry's file is in place and before its row is committed.
@@ -256,7 +256,7 @@ class SpeakerStore:
         self.cache_entries = cache_entries
         self.busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()
-        self._memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._memory: LRU = LRU(memory_entries)   # file name -> tensors
         self._connection: Optional[sqlite3.Connection] = None
         self._connection_pid = -1
         try:
@@ -378,17 +378,13 @@ class SpeakerStore:
         if self.memory_entries == 0:
             return
         with self._lock:
-            self._memory[name] = tensors
-            self._memory.move_to_end(name)
-            while len(self._memory) > self.memory_entries:
-                self._memory.popitem(last=False)
+            self._memory.put(name, tensors)
 
     def _load(self, name: str, specs: dict[str, TensorSpec], what: str) -> Optional[dict[str, torch.Tensor]]:
         """The entry's tensors from memory, else from its file; None when the file is gone."""
         with self._lock:
-            hit = self._memory.get(name)
+            hit = self._memory.get_fresh(name)
             if hit is not None:
-                self._memory.move_to_end(name)
                 return dict(hit)
         path = self.tensor_dir / name
         try:

@@ -36,6 +36,7 @@ def settings_of(params: dict):
 def check(ref_dir: Path) -> Iterator[CaseResult]:
     from ..decoding import generate, trim_codes
     from ..models.s2mel import target_length
+    from .. import stages
     from ..pipeline import PCM_SCALE, Engine, SpeakerConditioning
 
     g = Goldens(ref_dir, STAGE)
@@ -98,9 +99,10 @@ def check(ref_dir: Path) -> Iterator[CaseResult]:
                 yield compare(STAGE, f"{name}.target_lengths", tl, T["target_lengths"])
                 cond = engine.s2mel.length_regulator(T["S_infer"], T["target_lengths"])
                 yield compare(STAGE, f"{name}.cond", cond, T["cond"], *s_tol)
-                vc = engine._s2mel_from_cond(golden_spk, T["cond"], settings, None, T["noise"])
+                vc = stages.s2mel_generate(engine.models, golden_spk, T["cond"], settings.diffusion_steps,
+                                           settings.cfg_rate, None, T["noise"])
                 yield compare(STAGE, f"{name}.vc_target", vc, T["vc_target"], *_tol(tol, "vc_target"))
-                wav = (engine.vocoder(T["vc_target"]).reshape(1, -1) * PCM_SCALE).clamp(-PCM_SCALE, PCM_SCALE)
+                wav = stages.vocode(engine.models, T["vc_target"])
                 yield compare(STAGE, f"{name}.wav", wav, T["wav"], *_tol(tol, "wav (per segment, PCM scale)"))
         # ---- the whole chain from text + wav, noise injected
         noise = [g[n] for n in case["inputs"]["cfm_noise"]]
