@@ -84,14 +84,17 @@ def test_output_under_a_file_or_onto_a_folder(tmp_path, capsys, no_model):
 
 def test_output_in_an_unwritable_folder(tmp_path, capsys, no_model):
     import os
+    from pathlib import Path
 
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as a user who may write anywhere (root): permissions cannot be tested")
-        refused(synthesize(tmp_path, "--out", str(locked / "x.wav")), capsys, "no permission")
+    try:   # root may write into any mode-555 folder; /proc/sys is read-only even for root
+        target = next((p for p in (locked, Path("/proc/sys")) if p.is_dir() and not os.access(p, os.W_OK)), None)
+        if target is None:
+            pytest.skip("no folder this user cannot write to")
+        refused(synthesize(tmp_path, "--out", str(target / "x.wav")), capsys, "no permission")
+        assert not (target / "x.wav").exists()
     finally:
         locked.chmod(0o755)
 
