@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fidelity": ("indextts_fast.commands.fidelity", "measure a bf16/int8 precision mode against fp32, stage by stage"),
     "check-parity": ("indextts_fast.parity.command", "check a reference folder's goldens against this implementation"),
     "make-checkpoint": ("indextts_fast.makeckpt", "write a random-weight model folder in the official layout"),
+    "serve": ("indextts_fast.commands.serve", "an OpenAI-compatible speech server (127.0.0.1; voices, streaming)"),
     "doctor": ("indextts_fast.commands.doctor", "what this CPU runs natively, per precision mode, and what auto picks"),
     "bench": ("indextts_fast.benchmarks", "time one stage on a full-size random model (gpt, s2mel, vocoder, text)"),
 }

@@ -1,0 +1,68 @@
+"""Serve an OpenAI-compatible speech API (POST /v1/audio/speech, voices, models, health, metrics) over one
+engine, on 127.0.0.1 unless told otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from . import add_engine_arguments
+
+KEY_ENV = "INDEXTTS_FAST_API_KEY"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_engine_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${KEY_ENV})")
+    p.add_argument("--allow-open", action="store_true",
+                   help="allow binding a non-loopback address without an API key")
+    p.add_argument("--workers", type=int, default=1, help="requests synthesised at once (default 1)")
+    p.add_argument("--queue-size", type=int, default=8, help="requests waiting before 429 (default 8)")
+    p.add_argument("--max-input-chars", type=int, default=4096)
+
+
+def check(args: argparse.Namespace) -> str:
+    """The arguments, checked before the model loads; returns the API key (or "")."""
+    from ..errors import OptionError
+
+    key = args.api_key or os.environ.get(KEY_ENV, "")
+    if not 0 < args.port <= 65535:
+        raise OptionError(f"--port {args.port} is not a port number")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not key and not args.allow_open:
+        raise OptionError(f"binding {args.host} exposes the server to the network: set --api-key (or ${KEY_ENV}), "
+                          "or pass --allow-open to do it without one")
+    for flag in ("workers", "queue_size", "max_input_chars"):
+        if getattr(args, flag) < (0 if flag == "queue_size" else 1):
+            raise OptionError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range")
+    return key
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+
+    import uvicorn
+
+    from . import open_engine
+    from ..server.app import create_app
+
+    key = check(args)
+    engine = open_engine(args)
+    app = create_app(engine, api_key=key or None, workers=args.workers, queue_size=args.queue_size,
+                     max_input_chars=args.max_input_chars)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
+
+    def drain(signum, frame):   # new requests 503, admitted ones finish (30 s grace), then stop
+        import threading
+
+        def stop():
+            app.state.scheduler.drain()
+            server.should_exit = True
+        threading.Thread(target=stop, daemon=True).start()
+
+    server.install_signal_handlers = lambda: None
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    server.run()
+    return 0

@@ -1,0 +1,333 @@
+"""The speech server: OpenAI's /v1/audio/speech (whole or streamed: chunked audio or SSE), voices on the
+speaker registry, models, health, readiness and Prometheus metrics, errors in OpenAI's shape.
+
+One process owns one Engine. The scheduler admits at most `workers` running requests (each on a worker
+thread) and `queue_size` waiting ones, in arrival order; past that a request gets 429 with Retry-After. A
+streamed request whose client goes away stops at the next segment and frees its slot; `drain()` (SIGTERM)
+makes new requests 503 while the admitted ones finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+
+from .schemas import FORMATS, ApiError, SpeechRequest
+
+log = logging.getLogger("indextts_fast.server")
+MAX_UPLOAD = 10 * 1024 * 1024      # a voice sample
+MAX_BODY = 1024 * 1024             # any other request body
+
+
+class Scheduler:
+    """Admission and the worker threads (module doc)."""
+
+    def __init__(self, workers: int = 1, queue_size: int = 8):
+        self.workers, self.queue_size = workers, queue_size
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts-worker")
+        self.admitted = 0
+        self.lock = threading.Lock()
+        self.draining = False
+
+    def admit(self) -> None:
+        with self.lock:
+            if self.draining:
+                raise ApiError(503, "the server is shutting down", code="shutting_down")
+            if self.admitted >= self.workers + self.queue_size:
+                raise ApiError(429, f"the queue is full ({self.queue_size} waiting); retry shortly", code="queue_full",
+                               headers={"Retry-After": "1"})
+            self.admitted += 1
+
+    def release(self) -> None:
+        with self.lock:
+            self.admitted -= 1
+
+    @property
+    def queue_depth(self) -> int:
+        return max(0, self.admitted - self.workers)
+
+    def drain(self, grace_s: float = 30.0) -> bool:
+        """Refuse new requests; wait up to grace_s for the admitted ones. True when all finished."""
+        self.draining = True
+        deadline = time.monotonic() + grace_s
+        while self.admitted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.admitted == 0
+
+
+def _metrics():
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    reg = CollectorRegistry()
+    return reg, {
+        "requests": Counter("tts_requests", "HTTP requests by route and status", ["route", "status"], registry=reg),
+        "queue": Gauge("tts_queue_depth", "requests admitted but waiting for a worker", registry=reg),
+        "ttfa": Histogram("tts_time_to_first_audio_seconds", "request start to its first audio bytes", registry=reg),
+        "latency": Histogram("tts_request_seconds", "request start to its last audio bytes", registry=reg),
+        "stage": Counter("tts_stage_seconds", "seconds spent per pipeline stage", ["stage"], registry=reg),
+        "audio": Counter("tts_audio_seconds", "seconds of audio produced", registry=reg),
+    }
+
+
+def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"),
+               api_key: Optional[str] = None, workers: int = 1, queue_size: int = 8,
+               max_input_chars: int = 4096) -> FastAPI:
+    app = FastAPI(title="indextts-fast", docs_url=None, redoc_url=None)
+    sched = Scheduler(workers, queue_size)
+    registry, m = _metrics()
+    app.state.scheduler = sched
+
+    @app.middleware("http")
+    async def around(request: Request, call_next):
+        rid = uuid.uuid4().hex[:16]
+        request.state.rid = rid
+        size = request.headers.get("content-length", "")
+        limit = MAX_UPLOAD + 65536 if request.url.path == "/v1/audio/voices" else MAX_BODY
+        if size and (not size.isdigit() or int(size) > limit):
+            response = _error(ApiError(413, f"request body over {limit} bytes", code="body_too_large"))
+        elif api_key and request.url.path.startswith("/v1/") and \
+                request.headers.get("authorization", "") != f"Bearer {api_key}":
+            response = _error(ApiError(401, "missing or wrong API key (Authorization: Bearer ...)",
+                                       code="invalid_api_key"))
+        else:
+            response = await call_next(request)
+        response.headers["x-request-id"] = rid
+        route = request.scope.get("route")
+        m["requests"].labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return _error(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "malformed body"}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        return _error(ApiError(422, f"{param or 'body'}: {first.get('msg')}", param, "invalid_body"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return _error(ApiError(e.status_code, str(e.detail)))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, e: Exception):
+        log.exception("request %s failed", getattr(request.state, "rid", "?"))
+        return _error(ApiError(500, f"internal error (request {getattr(request.state, 'rid', '?')})"))
+
+    # ---- speech ----------------------------------------------------------------------------------
+    @app.post("/v1/audio/speech")
+    async def speech(body: SpeechRequest, request: Request):
+        body.check(max_input_chars, model_names)
+        _known_voice(engine, body.voice_id, "voice")
+        sched.admit()
+        m["queue"].set(sched.queue_depth)
+        started = time.monotonic()
+        try:
+            chunks = _start(engine, body)
+        except BaseException:
+            sched.release()
+            raise
+        from .encode import StreamEncoder
+
+        encoder = StreamEncoder(body.response_format, chunks.sample_rate)
+        feed = _Feed(sched, chunks, encoder)
+        loop = asyncio.get_running_loop()
+        sched.pool.submit(feed.run, loop)
+        media = "text/event-stream" if body.stream_format == "sse" else FORMATS[body.response_format]
+        return StreamingResponse(_respond(feed, body, m, started), media_type=media)
+
+    # ---- voices ----------------------------------------------------------------------------------
+    @app.post("/v1/audio/voices")
+    async def create_voice(name: str = Form(...), audio_sample: UploadFile = File(...)):
+        data = await audio_sample.read(MAX_UPLOAD + 1)
+        if len(data) > MAX_UPLOAD:
+            raise ApiError(413, f"audio_sample is over {MAX_UPLOAD} bytes", "audio_sample", "file_too_large")
+        suffix = Path(audio_sample.filename or "").suffix[:8] or ".audio"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"sample{suffix}"
+            path.write_bytes(data)
+            _check_audio(path)
+            record = await asyncio.get_running_loop().run_in_executor(None, _register, engine, name, path)
+        return _voice(record)
+
+    @app.get("/v1/audio/voices")
+    async def list_voices():
+        return {"object": "list", "data": [_voice(r) for r in engine.store.list()]}
+
+    @app.get("/v1/audio/voices/{voice_id}")
+    async def get_voice(voice_id: str):
+        return _voice(_known_voice(engine, voice_id, "voice_id"))
+
+    @app.delete("/v1/audio/voices/{voice_id}")
+    async def delete_voice(voice_id: str):
+        _known_voice(engine, voice_id, "voice_id")
+        engine.store.remove(voice_id)
+        return {"object": "audio.voice.deleted", "id": voice_id, "deleted": True}
+
+    # ---- the rest --------------------------------------------------------------------------------
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "indextts-fast"}
+                                           for n in model_names]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        if sched.draining:
+            raise ApiError(503, "the server is shutting down", code="shutting_down")
+        return {"status": "ready", "queue_depth": sched.queue_depth, "running": min(sched.admitted, sched.workers)}
+
+    @app.get("/metrics")
+    async def metrics():
+        from prometheus_client import generate_latest
+
+        m["queue"].set(sched.queue_depth)
+        return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _error(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def _known_voice(engine, voice_id: str, param: str):
+    from ..speakers import SpeakerIdError, UnknownSpeakerError
+
+    if engine.store is None:
+        raise ApiError(404, f"voice {voice_id!r} not found: this server has no voice registry", param)
+    try:
+        return engine.store.show(voice_id)
+    except (UnknownSpeakerError, SpeakerIdError):
+        raise ApiError(404, f"voice {voice_id!r} not found; register it with POST /v1/audio/voices", param,
+                       "voice_not_found") from None
+
+
+def _check_audio(path: Path) -> None:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception:   # noqa: BLE001  (libsndfile's errors vary by format)
+        raise ApiError(415, "audio_sample is not audio this server can read (wav, flac, ogg, mp3, ...)",
+                       "audio_sample", "unsupported_audio") from None
+    if info.frames < 1600:
+        raise ApiError(415, "audio_sample is shorter than 0.1 s", "audio_sample", "audio_too_short")
+
+
+def _register(engine, name: str, path: Path):
+    from ..speakers import SpeakerExistsError, SpeakerIdError
+
+    try:
+        engine.register_speaker(name, path)
+    except SpeakerIdError as e:
+        raise ApiError(400, str(e), "name") from None
+    except SpeakerExistsError:
+        raise ApiError(409, f"a voice named {name!r} exists; delete it first", "name", "voice_exists") from None
+    return engine.store.show(name)
+
+
+def _voice(record) -> dict:
+    return {"object": "audio.voice", "id": record.speaker_id, "name": record.speaker_id,
+            "created_at": int(record.created.timestamp())}
+
+
+def _start(engine, body: SpeechRequest):
+    from ..errors import OptionError
+    from ..results import Emotion
+
+    try:
+        emotion = Emotion(vector=body.emotion.vector, alpha=body.emotion.alpha) if body.emotion else None
+        return _Chunks(engine.stream(body.input, speaker_id=body.voice_id, emotion=emotion, preset=body.preset,
+                                     seed=body.seed, **body.overrides()))
+    except OptionError as e:
+        raise ApiError(400, str(e)) from None
+
+
+class _Chunks:
+    """The engine's chunk iterator and its sample rate."""
+
+    def __init__(self, iterator):
+        from ..results import SAMPLE_RATE
+
+        self.iterator, self.sample_rate = iterator, SAMPLE_RATE
+
+
+class _Feed:
+    """Runs one request on a worker thread: engine chunks -> encoded pieces -> the event loop's queue. Stops at
+    the next segment once `cancel` is set (the client went away); frees the admission slot when done."""
+
+    def __init__(self, sched: Scheduler, chunks: _Chunks, encoder):
+        self.sched, self.chunks, self.encoder = sched, chunks, encoder
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancel = threading.Event()
+        self.audio_s, self.codes, self.text_tokens = 0.0, 0, 0
+
+    def run(self, loop) -> None:
+        put = lambda item: loop.call_soon_threadsafe(self.queue.put_nowait, item)   # noqa: E731
+        try:
+            put(("bytes", self.encoder.start()))
+            for chunk in self.chunks.iterator:
+                self.audio_s += len(chunk.audio) / chunk.sample_rate
+                self.codes += int(chunk.segment.codes.shape[1])
+                self.text_tokens += len(chunk.segment.text_ids)
+                put(("bytes", self.encoder.piece(chunk.audio, chunk.last)))
+                if self.cancel.is_set():
+                    break
+            put(("done", None))
+        except BaseException as e:   # noqa: BLE001  (sent to the response, which logs it)
+            put(("error", e))
+        finally:
+            self.sched.release()
+
+
+async def _respond(feed: _Feed, body: SpeechRequest, m: dict, started: float):
+    first = True
+    try:
+        while True:
+            kind, item = await feed.queue.get()
+            if kind == "error":
+                log.error("synthesis failed: %s", item)
+                if body.stream_format == "sse":
+                    yield _sse({"type": "error", "error": ApiError(500, "synthesis failed").body()["error"]})
+                return
+            if kind == "done":
+                m["latency"].observe(time.monotonic() - started)
+                m["audio"].inc(feed.audio_s)
+                if body.stream_format == "sse":
+                    usage = {"input_tokens": feed.text_tokens, "output_tokens": feed.codes,
+                             "total_tokens": feed.text_tokens + feed.codes}
+                    yield _sse({"type": "speech.audio.done", "usage": usage})
+                return
+            if not item:
+                continue
+            if first:
+                m["ttfa"].observe(time.monotonic() - started)
+                first = False
+            yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(item).decode()}) \
+                if body.stream_format == "sse" else item
+    finally:
+        feed.cancel.set()   # the client is gone (or the stream ended): stop at the next segment
+
+
+def _sse(event: dict) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
