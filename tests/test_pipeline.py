@@ -235,3 +235,16 @@ def test_concurrent_requests_give_the_audio_they_give_alone(engine, prompt):
     for t in threads:
         t.join(timeout=300)
     assert not errors and all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
+def test_first_segment_tokens_makes_the_first_segment_short(engine, prompt):
+    """The official quick_streaming_tokens: sentences are not merged into one segment until that many tokens
+    were seen, so the first segment (the first audio of a stream) is one sentence."""
+    text = "The fox jumps over it. The dog runs away now. Then it comes back here. And it sleeps."
+    kw = dict(voice=prompt, preset="extreme", seed=2, max_text_tokens_per_segment=24, **SHORT)
+    plain = list(engine.stream(text, **kw))
+    quick = list(engine.stream(text, first_segment_tokens=len(plain[0].segment.text_ids) + 2, **kw))
+    assert len(quick[0].segment.text_ids) < len(plain[0].segment.text_ids)
+    assert sum(len(c.segment.text_ids) for c in quick) == sum(len(c.segment.text_ids) for c in plain)
+    with pytest.raises(OptionError, match="first_segment_tokens"):
+        engine.stream(text, voice=prompt, first_segment_tokens=-1)

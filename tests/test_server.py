@@ -201,3 +201,54 @@ def test_a_client_that_hangs_up_frees_its_slot(engine):
         assert r.status_code == 200
     finally:
         s.stop()
+
+
+def test_sigterm_drains_the_real_command(tiny_dir, tmp_path, prompt_wav):
+    """`indextts-fast serve` as a process: SIGTERM lets the request in flight finish, refuses new ones, exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "indextts_fast.cli", "serve", "--model-dir", str(tiny_dir),
+                             "--port", str(port), "--store", str(tmp_path / "store")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        with open(prompt_wav, "rb") as f:
+            assert httpx.post(url + "/v1/audio/voices", data={"name": "alice"},
+                              files={"audio_sample": ("a.wav", f)}, timeout=60).status_code == 200
+        body = {"model": "indextts2", "voice": "alice", "input": "Hello there. " * 4, "response_format": "wav",
+                "max_text_tokens_per_segment": 8, **SMALL}
+        got = {}
+
+        def long_request():
+            got["response"] = httpx.post(url + "/v1/audio/speech", json=body, timeout=120)
+
+        t = threading.Thread(target=long_request)
+        t.start()
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(0.2)
+        try:
+            late = httpx.post(url + "/v1/audio/speech", json=body, timeout=10).status_code
+        except httpx.HTTPError:
+            late = "refused"               # already closed: also not served
+        t.join(timeout=120)
+        assert got["response"].status_code == 200 and len(got["response"].content) > 44
+        assert late in (503, "refused")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -215,7 +215,8 @@ class Engine:
     def synthesize(self, text: str, voice: str | Path | None = None, speaker_id: Optional[str] = None,
                    emotion: Optional[Emotion] = None, preset: str = "baseline", settings: Optional[Settings] = None,
                    seed: Optional[int] = None, profile: bool = False, forced_codes: Optional[int] = None,
-                   noise: Optional[Sequence[torch.Tensor]] = None, **overrides) -> SynthesisResult:
+                   noise: Optional[Sequence[torch.Tensor]] = None, first_segment_tokens: int = 0,
+                   **overrides) -> SynthesisResult:
         """Speak `text` in a voice (audio file) or a registered speaker_id.
 
         preset + overrides (any `Settings` field) or a ready `settings`; `seed` makes the result
@@ -224,7 +225,8 @@ class Engine:
         is suppressed; for timing random-weight models, which never stop). `noise` injects each
         segment's CFM starting noise (1, 80, T_ref + T_target) (parity with the official goldens).
         """
-        request = self._request(text, voice, speaker_id, emotion, preset, settings, seed, forced_codes, overrides)
+        request = self._request(text, voice, speaker_id, emotion, preset, settings, seed, forced_codes, overrides,
+                                first_segment_tokens)
         timer = StageTimer(self.device, synchronize=profile)
         chunks = list(self._chunks(request, timer, noise))
         audio = np.concatenate([c.audio for c in chunks])
@@ -235,14 +237,19 @@ class Engine:
     def stream(self, text: str, voice: str | Path | None = None, speaker_id: Optional[str] = None,
                emotion: Optional[Emotion] = None, preset: str = "baseline", settings: Optional[Settings] = None,
                seed: Optional[int] = None, forced_codes: Optional[int] = None,
-               noise: Optional[Sequence[torch.Tensor]] = None, **overrides) -> Iterator[AudioChunk]:
+               noise: Optional[Sequence[torch.Tensor]] = None, first_segment_tokens: int = 0,
+               **overrides) -> Iterator[AudioChunk]:
         """`synthesize`, one `AudioChunk` per segment as soon as it is ready (the silence between segments
         leads every chunk after the first): the chunks' audio, concatenated, is `synthesize`'s for the same
-        seed. Everything the request names is checked here, before the first chunk is asked for."""
-        request = self._request(text, voice, speaker_id, emotion, preset, settings, seed, forced_codes, overrides)
+        seed. `first_segment_tokens` > 0 keeps the first segment that short, so the first chunk comes sooner
+        (the official quick_streaming_tokens). Everything the request names is checked here, before the first
+        chunk is asked for."""
+        request = self._request(text, voice, speaker_id, emotion, preset, settings, seed, forced_codes, overrides,
+                                first_segment_tokens)
         return self._chunks(request, StageTimer(self.device, synchronize=False), noise)
 
-    def _request(self, text, voice, speaker_id, emotion, preset, settings, seed, forced_codes, overrides) -> dict:
+    def _request(self, text, voice, speaker_id, emotion, preset, settings, seed, forced_codes, overrides,
+                 first_segment_tokens: int = 0) -> dict:
         if not isinstance(text, str):
             raise OptionError(f"text must be a str, got {type(text).__name__}")
         if not text.strip():
@@ -253,8 +260,11 @@ class Engine:
             raise OptionError("give exactly one of a voice audio file or a registered speaker_id")
         if forced_codes is not None and forced_codes < 1:
             raise OptionError(f"forced_codes={forced_codes} must be >= 1")
+        if isinstance(first_segment_tokens, bool) or not isinstance(first_segment_tokens, int) or first_segment_tokens < 0:
+            raise OptionError(f"first_segment_tokens={first_segment_tokens!r} must be an integer >= 0")
         settings = settings.overridden(**overrides) if settings is not None else resolve(preset, overrides)
         return {"text": text, "voice": voice, "speaker_id": speaker_id, "emotion": emotion or Emotion(),
+                "first_segment_tokens": first_segment_tokens,
                 "settings": settings, "forced_codes": forced_codes,
                 "seed": random.randrange(2**31) if seed is None else int(seed)}
 
@@ -262,7 +272,8 @@ class Engine:
         settings, seed = r["settings"], r["seed"]
         gen = torch.Generator(device="cpu").manual_seed(seed)
         with timer.stage("text"), self._text_lock:
-            segments = stages.text_segments(self.models, r["text"], settings.max_text_tokens_per_segment)
+            segments = stages.text_segments(self.models, r["text"], settings.max_text_tokens_per_segment,
+                                            r["first_segment_tokens"])
         with timer.stage("speaker_cond"):
             spk = self.speaker(r["voice"], r["speaker_id"], timer)
         with timer.stage("emotion_cond"):

@@ -103,9 +103,11 @@ def speaker_conditioning(m: Models, audio_path: str | Path) -> SpeakerConditioni
 
 # ---- text and GPT --------------------------------------------------------------------------------------
 
-def text_segments(m: Models, text: str, max_text_tokens_per_segment: int) -> list[list[int]]:
-    """Normalised, tokenised text split into segments of token ids (the official segmentation)."""
-    return m.text.segments_for_synthesis(text, max_text_tokens_per_segment)
+def text_segments(m: Models, text: str, max_text_tokens_per_segment: int, first_segment_tokens: int = 0) -> list[list[int]]:
+    """Normalised, tokenised text split into segments of token ids (the official segmentation);
+    `first_segment_tokens` > 0 keeps the first segment that short (the official quick_streaming_tokens: the
+    first audio of a stream comes sooner)."""
+    return m.text.segments_for_synthesis(text, max_text_tokens_per_segment, first_segment_tokens)
 
 
 @torch.inference_mode()

@@ -258,7 +258,8 @@ def _start(engine, body: SpeechRequest):
     try:
         emotion = Emotion(vector=body.emotion.vector, alpha=body.emotion.alpha) if body.emotion else None
         return _Chunks(engine.stream(body.input, speaker_id=body.voice_id, emotion=emotion, preset=body.preset,
-                                     seed=body.seed, **body.overrides()))
+                                     seed=body.seed, first_segment_tokens=body.first_segment_tokens,
+                                     **body.overrides()))
     except OptionError as e:
         raise ApiError(400, str(e)) from None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 FORMATS = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg; codecs=opus",
            "pcm": "audio/pcm"}   # pcm: 16-bit little-endian mono at 24 kHz, as OpenAI's
@@ -54,6 +54,7 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
     preset: str = "baseline"
     seed: Optional[int] = None
+    first_segment_tokens: int = Field(default=0, ge=0)   # keep the first segment short: the first audio sooner
     emotion: Optional[EmotionBody] = None
     num_beams: Optional[int] = None
     do_sample: Optional[bool] = None
