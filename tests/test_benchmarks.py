@@ -44,3 +44,13 @@ def test_s2mel_bench_times_the_int8_dit_against_its_own_peak(tiny_dir, tmp_path)
     assert [c["precision"] for c in cases] == ["fp32", "int8dyn"]          # fp32 first, whatever the order given
     assert cases[0]["gflop_per_step"] == cases[1]["gflop_per_step"] > 0   # counted once on the fp32 model
     assert result["matmul_peak_gflops"]["int8dyn"] > 0 and 0 < cases[1]["fraction_of_peak"]
+
+
+def test_serve_bench_runs_bounded_levels_with_no_errors(tiny_dir, tmp_path):
+    out = tmp_path / "serve.json"
+    assert main(["bench", "serve", "--model-dir", str(tiny_dir), "--concurrency", "1", "3", "--requests", "4",
+                 "--codes", "8", "--steps", "2", "--json", str(out), "--plot", str(tmp_path / "serve.png")]) == 0
+    result = json.loads(out.read_text())
+    assert [lv["concurrency"] for lv in result["levels"]] == [1, 3]
+    assert all(lv["ok"] == 4 and lv["errors"] == 0 and lv["p50_s"] > 0 for lv in result["levels"])
+    assert result["rss_start_bytes"] > 0 and (tmp_path / "serve.png").stat().st_size > 1000

@@ -112,6 +112,12 @@ def test_voices_over_http(served, prompt_wav):
     ids = [v["id"] for v in httpx.get(served.url + "/v1/audio/voices").json()["data"]]
     assert {"alice", "bob"} <= set(ids)
     assert httpx.get(served.url + "/v1/audio/voices/bob").json()["id"] == "bob"
+    with open(prompt_wav, "rb") as f:
+        again = httpx.post(served.url + "/v1/audio/voices", data={"name": "bob"}, files={"audio_sample": ("b.wav", f)})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "voice_exists"
+    with open(prompt_wav, "rb") as f:
+        bad = httpx.post(served.url + "/v1/audio/voices", data={"name": "no spaces!"}, files={"audio_sample": ("b.wav", f)})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "name"
     assert httpx.delete(served.url + "/v1/audio/voices/bob").json()["deleted"] is True
     with pytest.raises(openai.NotFoundError):
         c.audio.speech.create(model="indextts2", voice="bob", input="Hi.", response_format="wav")
@@ -155,6 +161,7 @@ def test_models_health_ready_metrics(served):
     assert httpx.get(served.url + "/ready").json()["status"] == "ready"
     text = httpx.get(served.url + "/metrics").text
     assert 'tts_requests_total{route="/v1/audio/speech",status="200"}' in text and "tts_audio_seconds_total" in text
+    assert 'tts_stage_seconds_total{stage="s2mel"}' in text and "process_resident_memory_bytes" in text
 
 
 def test_api_key(engine):

@@ -290,7 +290,11 @@ class Engine:
                               "the speech may be cut; lower max_text_tokens_per_segment or raise max_mel_tokens",
                               RuntimeWarning, stacklevel=3)
             audio = (seg.wav_pcm[0].cpu() / PCM_SCALE).clamp(-1.0, 1.0).numpy().astype(np.float32)
-            yield AudioChunk(k, len(segments), np.concatenate([silence, audio]) if k else audio, SAMPLE_RATE, seed, seg)
+            seconds = dict(timer.timings.segments[-1])
+            if k == 0:
+                seconds.update({s: timer.timings.stages[s] for s in ("text", "speaker_cond", "emotion_cond")})
+            yield AudioChunk(k, len(segments), np.concatenate([silence, audio]) if k else audio, SAMPLE_RATE, seed, seg,
+                             seconds)
 
     def _segment(self, spk: SpeakerConditioning, ids: list[int], emovec: torch.Tensor, settings: Settings,
                  gen: torch.Generator, timer: StageTimer, forced_codes: Optional[int],

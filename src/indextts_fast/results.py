@@ -92,6 +92,7 @@ class AudioChunk:
     sample_rate: int
     seed: int
     segment: SegmentResult
+    seconds: dict = field(default_factory=dict)   # stage -> seconds spent on this chunk (the first: also text, conditioning)
 
     @property
     def last(self) -> bool:

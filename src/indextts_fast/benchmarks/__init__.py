@@ -15,6 +15,7 @@ BENCHES = {
     "s2mel": "s2mel",
     "vocoder": "vocoder",
     "text": "text",
+    "serve": "serve",
 }
 
 

@@ -170,3 +170,16 @@ def add_speedups(cases: list[dict], key: str, peaks: dict[str, list[float]]) -> 
         c["vs_fp32"] = fp32[c["case"]] / c[key] if c["case"] in fp32 else None
         c["fraction_of_peak"] = c["gflops"] * 1e9 / best[c["precision"]]
     return best
+
+
+def reference_tiny() -> Path:
+    """The reference tiny model folder: $INDEXTTS_FAST_REFERENCE/tiny, else ../shared/reference/tiny beside
+    the checkout or the working directory."""
+    from ..errors import IndexTTSFastError
+
+    roots = [os.environ.get("INDEXTTS_FAST_REFERENCE"), Path(__file__).resolve().parents[3].parent / "shared" /
+             "reference", Path.cwd().parent / "shared" / "reference"]
+    for root in roots:
+        if root and (Path(root) / "tiny" / "config.yaml").is_file():
+            return Path(root) / "tiny"
+    raise IndexTTSFastError("no reference tiny model found (set $INDEXTTS_FAST_REFERENCE or pass --model-dir)")

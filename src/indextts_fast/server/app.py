@@ -71,9 +71,10 @@ class Scheduler:
 
 
 def _metrics():
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
     reg = CollectorRegistry()
+    ProcessCollector(registry=reg)   # process_resident_memory_bytes etc. (bench serve reads the RSS)
     return reg, {
         "requests": Counter("tts_requests", "HTTP requests by route and status", ["route", "status"], registry=reg),
         "queue": Gauge("tts_queue_depth", "requests admitted but waiting for a worker", registry=reg),
@@ -146,7 +147,7 @@ def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", 
         from .encode import StreamEncoder
 
         encoder = StreamEncoder(body.response_format, chunks.sample_rate)
-        feed = _Feed(sched, chunks, encoder)
+        feed = _Feed(sched, chunks, encoder, lambda stage, s: m["stage"].labels(stage).inc(s))
         loop = asyncio.get_running_loop()
         sched.pool.submit(feed.run, loop)
         media = "text/event-stream" if body.stream_format == "sse" else FORMATS[body.response_format]
@@ -277,8 +278,8 @@ class _Feed:
     """Runs one request on a worker thread: engine chunks -> encoded pieces -> the event loop's queue. Stops at
     the next segment once `cancel` is set (the client went away); frees the admission slot when done."""
 
-    def __init__(self, sched: Scheduler, chunks: _Chunks, encoder):
-        self.sched, self.chunks, self.encoder = sched, chunks, encoder
+    def __init__(self, sched: Scheduler, chunks: _Chunks, encoder, count_stage):
+        self.sched, self.chunks, self.encoder, self.count_stage = sched, chunks, encoder, count_stage
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancel = threading.Event()
         self.audio_s, self.codes, self.text_tokens = 0.0, 0, 0
@@ -291,6 +292,8 @@ class _Feed:
                 self.audio_s += len(chunk.audio) / chunk.sample_rate
                 self.codes += int(chunk.segment.codes.shape[1])
                 self.text_tokens += len(chunk.segment.text_ids)
+                for stage, seconds in chunk.seconds.items():
+                    self.count_stage(stage, seconds)
                 put(("bytes", self.encoder.piece(chunk.audio, chunk.last)))
                 if self.cancel.is_set():
                     break
