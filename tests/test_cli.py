@@ -124,3 +124,9 @@ def test_a_missing_voice_file(tmp_path, capsys, no_model):
     argv = synthesize(tmp_path, "--out", str(tmp_path / "o.wav"))
     argv[argv.index("--voice") + 1] = str(tmp_path / "nobody.wav")
     refused(argv, capsys, "nobody.wav")
+
+
+def test_serve_refuses_an_open_address_without_a_key(tmp_path, capsys, no_model, monkeypatch):
+    monkeypatch.delenv("INDEXTTS_FAST_API_KEY", raising=False)
+    refused(["serve", "--model-dir", str(tmp_path), "--host", "0.0.0.0"], capsys, "--api-key", "--allow-open")
+    refused(["serve", "--model-dir", str(tmp_path), "--port", "70000"], capsys, "port")

@@ -259,3 +259,24 @@ def test_sigterm_drains_the_real_command(tiny_dir, tmp_path, prompt_wav):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_request_past_its_deadline_stops_at_the_next_segment(engine):
+    s = Served(engine, request_timeout_s=0.001)
+    try:
+        body = {"model": "indextts2", "voice": "alice", "input": "Hello there. " * 6, "response_format": "pcm",
+                "seed": 1, "max_text_tokens_per_segment": 8, **SMALL}
+        cut = httpx.post(s.url + "/v1/audio/speech", json=body, timeout=60).content
+        whole = speak_pcm(engine, body)
+        assert 0 < len(cut) < len(whole)                      # the first segment only
+        assert s.app.state.scheduler.admitted == 0
+    finally:
+        s.stop()
+
+
+def speak_pcm(engine, body):
+    s = Served(engine)
+    try:
+        return httpx.post(s.url + "/v1/audio/speech", json=body, timeout=60).content
+    finally:
+        s.stop()

@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="diffusion_steps")
     p.add_argument("--preset", default="extreme")
     p.add_argument("--first-segment-tokens", type=int, default=0)
+    p.add_argument("--segment-tokens", type=int, default=None, help="max_text_tokens_per_segment")
     p.add_argument("--queue-size", type=int, default=64, help="queue of the server started here (default 64)")
     p.add_argument("--precision", default="fp32", help="precision of the server started here (e.g. auto)")
     p.add_argument("--time-limit", type=float, default=1800, help="stop a level after this many seconds")
@@ -46,6 +47,8 @@ def _body(args) -> dict:
         body["max_mel_tokens"] = args.codes
     if args.steps:
         body["diffusion_steps"] = args.steps
+    if args.segment_tokens:
+        body["max_text_tokens_per_segment"] = args.segment_tokens
     return body
 
 
@@ -53,6 +56,7 @@ async def _level(url: str, body: dict, concurrency: int, n: int, limit_s: float)
     import httpx
 
     lat, ttfa, audio_bytes, errors = [], [], [], []
+    header = 44 if body.get("response_format") == "wav" and body.get("stream_format") != "sse" else 0
     todo = iter(range(n))
     deadline = time.monotonic() + limit_s
 
@@ -65,8 +69,9 @@ async def _level(url: str, body: dict, concurrency: int, n: int, limit_s: float)
             try:
                 async with http.stream("POST", url + "/v1/audio/speech", json=body) as r:
                     async for piece in r.aiter_bytes():
-                        first = first or time.monotonic()
                         size += len(piece)
+                        if first is None and size > header:   # audio, not just a wav header
+                            first = time.monotonic()
                     if r.status_code != 200:
                         errors.append(r.status_code)
                         continue

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="requests synthesised at once (default 1)")
     p.add_argument("--queue-size", type=int, default=8, help="requests waiting before 429 (default 8)")
     p.add_argument("--max-input-chars", type=int, default=4096)
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds after which a request stops at its next segment (default 600)")
 
 
 def check(args: argparse.Namespace) -> str:
@@ -33,6 +35,8 @@ def check(args: argparse.Namespace) -> str:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key and not args.allow_open:
         raise OptionError(f"binding {args.host} exposes the server to the network: set --api-key (or ${KEY_ENV}), "
                           "or pass --allow-open to do it without one")
+    if not args.request_timeout > 0:
+        raise OptionError(f"--request-timeout {args.request_timeout} must be > 0")
     for flag in ("workers", "queue_size", "max_input_chars"):
         if getattr(args, flag) < (0 if flag == "queue_size" else 1):
             raise OptionError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range")
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     key = check(args)
     engine = open_engine(args)
     app = create_app(engine, api_key=key or None, workers=args.workers, queue_size=args.queue_size,
-                     max_input_chars=args.max_input_chars)
+                     max_input_chars=args.max_input_chars, request_timeout_s=args.request_timeout)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
 
     def drain(signum, frame):   # new requests 503, admitted ones finish (30 s grace), then stop

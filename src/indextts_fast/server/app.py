@@ -87,7 +87,7 @@ def _metrics():
 
 def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"),
                api_key: Optional[str] = None, workers: int = 1, queue_size: int = 8,
-               max_input_chars: int = 4096) -> FastAPI:
+               max_input_chars: int = 4096, request_timeout_s: float = 600.0) -> FastAPI:
     app = FastAPI(title="indextts-fast", docs_url=None, redoc_url=None)
     sched = Scheduler(workers, queue_size)
     registry, m = _metrics()
@@ -134,7 +134,8 @@ def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", 
     # ---- speech ----------------------------------------------------------------------------------
     @app.post("/v1/audio/speech")
     async def speech(body: SpeechRequest, request: Request):
-        body.check(max_input_chars, model_names)
+        qwen = engine.folder.config.qwen_emo_path
+        body.check(max_input_chars, model_names, bool(qwen) and (engine.folder.root / qwen / "config.json").is_file())
         _known_voice(engine, body.voice_id, "voice")
         sched.admit()
         m["queue"].set(sched.queue_depth)
@@ -147,7 +148,8 @@ def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", 
         from .encode import StreamEncoder
 
         encoder = StreamEncoder(body.response_format, chunks.sample_rate)
-        feed = _Feed(sched, chunks, encoder, lambda stage, s: m["stage"].labels(stage).inc(s))
+        feed = _Feed(sched, chunks, encoder, lambda stage, s: m["stage"].labels(stage).inc(s),
+                     started + request_timeout_s)
         loop = asyncio.get_running_loop()
         sched.pool.submit(feed.run, loop)
         media = "text/event-stream" if body.stream_format == "sse" else FORMATS[body.response_format]
@@ -257,7 +259,8 @@ def _start(engine, body: SpeechRequest):
     from ..results import Emotion
 
     try:
-        emotion = Emotion(vector=body.emotion.vector, alpha=body.emotion.alpha) if body.emotion else None
+        emotion = Emotion(vector=body.emotion.vector, alpha=body.emotion.alpha) if body.emotion else \
+            Emotion(from_text=True, text=body.instructions) if body.instructions else None
         return _Chunks(engine.stream(body.input, speaker_id=body.voice_id, emotion=emotion, preset=body.preset,
                                      seed=body.seed, first_segment_tokens=body.first_segment_tokens,
                                      **body.overrides()))
@@ -278,8 +281,9 @@ class _Feed:
     """Runs one request on a worker thread: engine chunks -> encoded pieces -> the event loop's queue. Stops at
     the next segment once `cancel` is set (the client went away); frees the admission slot when done."""
 
-    def __init__(self, sched: Scheduler, chunks: _Chunks, encoder, count_stage):
+    def __init__(self, sched: Scheduler, chunks: _Chunks, encoder, count_stage, deadline: float):
         self.sched, self.chunks, self.encoder, self.count_stage = sched, chunks, encoder, count_stage
+        self.deadline = deadline   # time.monotonic() past which the request stops at its next segment
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancel = threading.Event()
         self.audio_s, self.codes, self.text_tokens = 0.0, 0, 0
@@ -297,6 +301,8 @@ class _Feed:
                 put(("bytes", self.encoder.piece(chunk.audio, chunk.last)))
                 if self.cancel.is_set():
                     break
+                if time.monotonic() > self.deadline and not chunk.last:
+                    raise TimeoutError("the request ran past its deadline")
             put(("done", None))
         except BaseException as e:   # noqa: BLE001  (sent to the response, which logs it)
             put(("error", e))

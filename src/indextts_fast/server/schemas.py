@@ -76,7 +76,7 @@ class SpeechRequest(BaseModel):
     def overrides(self) -> dict:
         return {k: getattr(self, k) for k in KNOBS if getattr(self, k) is not None}
 
-    def check(self, max_input_chars: int, model_names: tuple[str, ...]) -> None:
+    def check(self, max_input_chars: int, model_names: tuple[str, ...], emotion_from_text: bool = False) -> None:
         """The checks pydantic's types cannot say, each an ApiError(400) naming its field."""
         from ..errors import OptionError
         from ..options import check_seed
@@ -94,9 +94,11 @@ class SpeechRequest(BaseModel):
                                 f"{', '.join(FORMATS)}", "response_format")
         if self.speed != 1.0:
             raise ApiError(400, "speed must be 1.0: IndexTTS2 has no honest speed control", "speed")
-        if self.instructions:
-            raise ApiError(400, "instructions (emotion from text) need the emotion classifier folder "
-                                "qwen0.6bemo4-merge/, which this server's model folder lacks", "instructions")
+        if self.instructions and not emotion_from_text:
+            raise ApiError(400, "instructions (emotion from text) need the emotion classifier of the release "
+                                "(config.yaml qwen_emo_path), which this server's model folder lacks", "instructions")
+        if self.instructions and self.emotion is not None:
+            raise ApiError(400, "give instructions or emotion, not both", "instructions")
         try:
             if self.seed is not None:
                 check_seed(self.seed)
