@@ -280,3 +280,23 @@ def speak_pcm(engine, body):
         return httpx.post(s.url + "/v1/audio/speech", json=body, timeout=60).content
     finally:
         s.stop()
+
+
+def test_a_failure_before_the_first_audio_gets_a_status(engine, monkeypatch):
+    """The engine failing on the first segment: a 500 in OpenAI's shape with the request id, not a 200 with an
+    empty body; the slot is freed."""
+    s = Served(engine)
+    try:
+        def broken(*args, **kwargs):
+            raise RuntimeError("boom: the internals")
+
+        monkeypatch.setattr(engine, "stream", lambda *a, **k: (broken() for _ in [0]))   # fails when iterated
+        r = httpx.post(s.url + "/v1/audio/speech", json={"model": "indextts2", "voice": "alice", "input": "Hi.",
+                                                         "response_format": "wav", **SMALL}, timeout=60)
+        assert r.status_code == 500 and r.headers["x-request-id"] in r.json()["error"]["message"]
+        deadline = time.monotonic() + 10
+        while s.app.state.scheduler.admitted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "boom" not in r.text and s.app.state.scheduler.admitted == 0
+    finally:
+        s.stop()

@@ -159,6 +159,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("packed", packed)
         caps = caps or detect()
         self.kernel_rows = GEMV_ROWS if caps.native_bf16 else None   # rows the kernel takes (None: any)
+        if packed is not None and self.kernel_rows is None:
+            self.qweight = None   # every row count takes the packed copy: one int8 copy of the weights, not two
 
     def dequantized(self) -> torch.Tensor:
         return self.qweight.to(torch.bfloat16) * self.scale[:, None]
@@ -173,8 +175,7 @@ class Int8Linear(nn.Module):
         if self.packed is not None and (self.kernel_rows is None or x2.shape[0] <= self.kernel_rows):
             y = ops.gemv_w8(x2.float().contiguous(), self.packed, self.out_features, self.scale_f32, self.bias,
                             max_rows=x2.shape[0])
-            if y is not None:
-                return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+            return y.to(x.dtype).reshape(*x.shape[:-1], -1)
         x2 = x2.to(torch.bfloat16)
         if x2.shape[0] <= GEMV_ROWS and x2.device.type in ("cpu", "mps"):
             y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale)

@@ -152,8 +152,12 @@ def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", 
                      started + request_timeout_s)
         loop = asyncio.get_running_loop()
         sched.pool.submit(feed.run, loop)
+        first = await feed.queue.get()   # the first segment's audio, or why there is none: a real status code
+        if first[0] == "error":
+            feed.cancel.set()
+            raise _failure(first[1], request)
         media = "text/event-stream" if body.stream_format == "sse" else FORMATS[body.response_format]
-        return StreamingResponse(_respond(feed, body, m, started), media_type=media)
+        return StreamingResponse(_respond(feed, first, body, m, started), media_type=media)
 
     # ---- voices ----------------------------------------------------------------------------------
     @app.post("/v1/audio/voices")
@@ -207,6 +211,19 @@ def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", 
         return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _failure(e: BaseException, request: Request) -> ApiError:
+    """What a client is told of a request that failed before its first audio: our own errors (a voice made by
+    another model, a bad option) as 400 with their message, anything else as 500 with the request id."""
+    from ..errors import IndexTTSFastError
+
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, IndexTTSFastError):
+        return ApiError(400, str(e).splitlines()[0][:500])
+    log.error("request %s failed: %r", getattr(request.state, "rid", "?"), e)
+    return ApiError(500, f"synthesis failed (request {getattr(request.state, 'rid', '?')})")
 
 
 def _error(e: ApiError) -> JSONResponse:
@@ -290,15 +307,16 @@ class _Feed:
 
     def run(self, loop) -> None:
         put = lambda item: loop.call_soon_threadsafe(self.queue.put_nowait, item)   # noqa: E731
+        header = self.encoder.start()   # sent with the first audio, so that an early failure gets a status
         try:
-            put(("bytes", self.encoder.start()))
             for chunk in self.chunks.iterator:
                 self.audio_s += len(chunk.audio) / chunk.sample_rate
                 self.codes += int(chunk.segment.codes.shape[1])
                 self.text_tokens += len(chunk.segment.text_ids)
                 for stage, seconds in chunk.seconds.items():
                     self.count_stage(stage, seconds)
-                put(("bytes", self.encoder.piece(chunk.audio, chunk.last)))
+                put(("bytes", header + self.encoder.piece(chunk.audio, chunk.last)))
+                header = b""
                 if self.cancel.is_set():
                     break
                 if time.monotonic() > self.deadline and not chunk.last:
@@ -310,11 +328,12 @@ class _Feed:
             self.sched.release()
 
 
-async def _respond(feed: _Feed, body: SpeechRequest, m: dict, started: float):
+async def _respond(feed: _Feed, head: tuple, body: SpeechRequest, m: dict, started: float):
     first = True
     try:
         while True:
-            kind, item = await feed.queue.get()
+            kind, item = head if head is not None else await feed.queue.get()
+            head = None
             if kind == "error":
                 log.error("synthesis failed: %s", item)
                 if body.stream_format == "sse":
