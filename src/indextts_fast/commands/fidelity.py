@@ -17,7 +17,7 @@ from . import add_precision_argument, parse_precision
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", required=True, metavar="DIR", help="an IndexTTS2 model folder")
-    add_precision_argument(p, default="bf16,int8", many=True)
+    add_precision_argument(p, default="auto", many=True)
     p.add_argument("--codes", type=int, default=48, help="GPT steps compared (teacher-forced and greedy)")
     p.add_argument("--text-tokens", type=int, default=24, help="text tokens of the GPT prompt")
     p.add_argument("--mel-codes", type=int, default=60, help="codes of the S2Mel target (x1.72 frames)")
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     for mode in [m.strip() for m in args.precision.split(",") if m.strip()]:
         report = fidelity(args.model_dir, parse_precision(mode), codes=args.codes, text_tokens=args.text_tokens,
                           mel_codes=args.mel_codes, prompt_codes=args.prompt_codes, steps=args.steps,
-                          seed=args.seed, device=args.device, sensitivity=args.sensitivity)
+                          seed=args.seed, device=args.device, sensitivity=args.sensitivity,
+                          force=args.force_precision)
         print(format_report(report))
         reports[mode] = report
     if args.json:
