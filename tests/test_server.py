@@ -14,6 +14,7 @@ import soundfile as sf
 
 openai = pytest.importorskip("openai")
 
+from indextts_fast.localhost import ThreadedServer  # noqa: E402
 from indextts_fast.pipeline import Engine  # noqa: E402
 from indextts_fast.server.app import create_app  # noqa: E402
 from indextts_fast.speakers import SpeakerStore  # noqa: E402
@@ -22,28 +23,19 @@ SMALL = {"max_mel_tokens": 12, "diffusion_steps": 2, "preset": "extreme"}
 
 
 class Served:
-    """create_app(engine, **options) under uvicorn on 127.0.0.1:<free port>, in a thread."""
+    """create_app(engine, **options) on 127.0.0.1:<free port> (localhost.ThreadedServer) with an openai client."""
 
     def __init__(self, engine, **options):
-        import uvicorn
-
         self.app = create_app(engine, **options)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+        self.server = ThreadedServer(self.app).start()
+        self.url = self.server.url.rstrip("/")
 
     def client(self, key="none"):
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120)
 
     def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.server.stop()
+        self.server.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

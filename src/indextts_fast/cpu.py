@@ -36,8 +36,8 @@ TIERS = X86_TIERS + ("neon",)
 TIER_FLAGS = {"generic": (), "avx2": ("avx2", "fma"), "avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),
               "avx512_vnni": ("avx512_vnni",), "avx512_bf16": ("avx512_bf16",),
               "amx": ("amx_tile", "amx_bf16", "amx_int8")}
-# flags that only exist at or above a tier (dropped when a lower tier is forced)
-ABOVE = {"avx2": ("avx512", "amx", "avx_vnni", "avx_ifma", "avx_ne_convert", "avx_vnni_int8")}
+# flag prefixes of AVX-512-era extensions (dropped when a tier below avx512 is forced)
+AVX512_ERA = ("avx512", "amx", "avx_vnni", "avx_ifma", "avx_ne_convert")
 # what each tier tells torch, oneDNN, oneMKL and fbgemm (None: leave that library to its own detection)
 LIBRARY_ISA = {   # tier: (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, FBGEMM_ENABLE_INSTRUCTIONS)
     "generic": ("default", "SSE41", "SSE4_2", None),
@@ -78,7 +78,7 @@ def restrict(flags: frozenset, tier: str) -> frozenset:
     """`flags` without any flag of a tier above `tier` (and the AVX-VNNI family when below AVX-512)."""
     higher = X86_TIERS[X86_TIERS.index(tier) + 1:]
     drop = {f for t in higher for f in TIER_FLAGS[t]}
-    prefixes = ABOVE["avx2"] if X86_TIERS.index(tier) < X86_TIERS.index("avx512") else ()
+    prefixes = AVX512_ERA if X86_TIERS.index(tier) < X86_TIERS.index("avx512") else ()
     return frozenset(f for f in flags if f not in drop and not f.startswith(prefixes))
 
 

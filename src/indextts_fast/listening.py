@@ -16,11 +16,9 @@ import hmac
 import math
 import random
 import secrets
-import socket
 import json
 import sqlite3
 import statistics
-import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -33,7 +31,6 @@ from .compare import load_manifest
 from .errors import OptionError
 
 DB_NAME = "listening.sqlite3"
-HOST = "127.0.0.1"  # never anything else: the clips and scores are private
 PAGE = Path(__file__).parent / "web" / "listen.html"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -189,55 +186,11 @@ def create_app(run_dir: str | Path):
     return app
 
 
-class Server:
-    """The app under uvicorn on 127.0.0.1:`port` (0 = any free port) in a background thread; stops
-    by `stop()` or on its own after `lifetime` seconds."""
+def Server(run_dir: str | Path, port: int = 0, lifetime: Optional[float] = None):
+    """The listening page under uvicorn on 127.0.0.1:`port` (0 = any free port) in a background thread."""
+    from .localhost import ThreadedServer
 
-    def __init__(self, run_dir: str | Path, port: int = 0, lifetime: Optional[float] = None):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.sock.bind((HOST, port))
-        except OSError as exc:
-            self.sock.close()
-            raise OptionError(f"cannot listen on {HOST}:{port}: {exc}") from exc
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://{HOST}:{self.port}/"
-        config = uvicorn.Config(create_app(run_dir), log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.timer = threading.Timer(lifetime, self.stop) if lifetime else None
-
-    def start(self, timeout: float = 20.0) -> "Server":
-        self.thread.start()
-        if self.timer:
-            self.timer.daemon = True
-            self.timer.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the listening server did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        if self.timer:
-            self.timer.cancel()
-
-    def wait(self) -> None:
-        while self.thread.is_alive():
-            self.thread.join(0.5)
-
-    def __enter__(self) -> "Server":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-        self.thread.join(10)
-        self.sock.close()
+    return ThreadedServer(create_app(run_dir), port=port, lifetime=lifetime)
 
 
 # ---- results ------------------------------------------------------------------------------------------

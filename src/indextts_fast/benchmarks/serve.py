@@ -148,6 +148,7 @@ def _serve_here(args):
     from pathlib import Path
     import tempfile
 
+    from ..localhost import ThreadedServer
     from ..pipeline import Engine
     from ..speakers import SpeakerStore
     from ..server.app import create_app
@@ -157,8 +158,8 @@ def _serve_here(args):
     engine = Engine(folder, store=SpeakerStore(tempfile.mkdtemp(prefix="bench-serve-")), precision=args.precision)
     voice = args.voice or _folder_prompt(folder)
     engine.register_speaker("bench", voice)
-    served = _Served(create_app(engine, queue_size=args.queue_size))
-    return served, served.url
+    served = ThreadedServer(create_app(engine, queue_size=args.queue_size)).start()
+    return served, served.url.rstrip("/")
 
 
 def _folder_prompt(folder):
@@ -171,27 +172,6 @@ def _folder_prompt(folder):
     from ..paths import default_store_dir
 
     return synthetic_prompt(default_store_dir() / "prompts" / "synthetic-4.1s.wav", 4.1)
-
-
-class _Served:
-    def __init__(self, app):
-        import socket
-        import threading
-
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
 
 
 def _plot(levels: list[dict], path: str) -> None:

@@ -145,9 +145,10 @@ def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", 
         except BaseException:
             sched.release()
             raise
+        from ..results import SAMPLE_RATE
         from .encode import StreamEncoder
 
-        encoder = StreamEncoder(body.response_format, chunks.sample_rate)
+        encoder = StreamEncoder(body.response_format, SAMPLE_RATE)
         feed = _Feed(sched, chunks, encoder, lambda stage, s: m["stage"].labels(stage).inc(s),
                      started + request_timeout_s)
         loop = asyncio.get_running_loop()
@@ -278,27 +279,17 @@ def _start(engine, body: SpeechRequest):
     try:
         emotion = Emotion(vector=body.emotion.vector, alpha=body.emotion.alpha) if body.emotion else \
             Emotion(from_text=True, text=body.instructions) if body.instructions else None
-        return _Chunks(engine.stream(body.input, speaker_id=body.voice_id, emotion=emotion, preset=body.preset,
-                                     seed=body.seed, first_segment_tokens=body.first_segment_tokens,
-                                     **body.overrides()))
+        return engine.stream(body.input, speaker_id=body.voice_id, emotion=emotion, preset=body.preset,
+                             seed=body.seed, first_segment_tokens=body.first_segment_tokens, **body.overrides())
     except OptionError as e:
         raise ApiError(400, str(e)) from None
-
-
-class _Chunks:
-    """The engine's chunk iterator and its sample rate."""
-
-    def __init__(self, iterator):
-        from ..results import SAMPLE_RATE
-
-        self.iterator, self.sample_rate = iterator, SAMPLE_RATE
 
 
 class _Feed:
     """Runs one request on a worker thread: engine chunks -> encoded pieces -> the event loop's queue. Stops at
     the next segment once `cancel` is set (the client went away); frees the admission slot when done."""
 
-    def __init__(self, sched: Scheduler, chunks: _Chunks, encoder, count_stage, deadline: float):
+    def __init__(self, sched: Scheduler, chunks, encoder, count_stage, deadline: float):
         self.sched, self.chunks, self.encoder, self.count_stage = sched, chunks, encoder, count_stage
         self.deadline = deadline   # time.monotonic() past which the request stops at its next segment
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -309,7 +300,7 @@ class _Feed:
         put = lambda item: loop.call_soon_threadsafe(self.queue.put_nowait, item)   # noqa: E731
         header = self.encoder.start()   # sent with the first audio, so that an early failure gets a status
         try:
-            for chunk in self.chunks.iterator:
+            for chunk in self.chunks:
                 self.audio_s += len(chunk.audio) / chunk.sample_rate
                 self.codes += int(chunk.segment.codes.shape[1])
                 self.text_tokens += len(chunk.segment.text_ids)
