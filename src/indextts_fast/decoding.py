@@ -211,14 +211,46 @@ def prefill(model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, cach
 
 def decode_step(model: UnifiedVoice, cache: KVCache, tokens: torch.Tensor, position: int) -> torch.Tensor:
     """Feed one code per row (S,) at mel position `position`; return (S, V) logits."""
-    x = model.embed_mel(tokens, torch.full_like(tokens, position))        # (S, D): rows, no time axis
-    cache.begin_step()
-    fused = getattr(model, "fused_decode", None)   # precision.fused_int8_decode: all blocks in one kernel call
-    hidden = fused(model, x, cache) if fused is not None else None
+    return forward_rows(model, [cache], [model.embed_mel(tokens, torch.full_like(tokens, position))])
+
+
+def forward_rows(model: UnifiedVoice, caches: list[KVCache], embedded: list[torch.Tensor]) -> torch.Tensor:
+    """One decode step of one or more generations in ONE model call: `embedded[i]` (S_i, D) are the new
+    positions of the generation whose cache is `caches[i]` -> their logits (ΣS_i, V), rows in that order.
+    The projections run on all rows at once (every weight read once for all of them); each generation's
+    attention reads only its own cache. A row's result does not depend on the other rows in the call where
+    the projections are row-invariant (`batch_rows(model)` > 0; the fused int8 steps always are)."""
+    x = embedded[0] if len(embedded) == 1 else torch.cat(embedded)
+    for cache in caches:
+        cache.begin_step()
+    fused = getattr(model, "fused_decode", None)   # precision.fused_*_decode: all blocks in one kernel call
+    hidden = fused(model, x, caches) if fused is not None else None
     if hidden is None:
-        hidden = model.gpt(x, cache.attend_step)
-    cache.length += 1
+        hidden = model.gpt(x, caches[0].attend_step if len(caches) == 1 else _attend_each(caches))
+    for cache in caches:
+        cache.length += 1
     return model.head(hidden)
+
+
+def _attend_each(caches: list[KVCache]):
+    """The backbone's attention callable for a step of several generations: each its rows, its cache."""
+    def attend(layer: int, qkv: torch.Tensor) -> torch.Tensor:
+        out, r = [], 0
+        for cache in caches:
+            out.append(cache.attend_step(layer, qkv[r:r + cache.rows]))
+            r += cache.rows
+        return torch.cat(out)
+    return attend
+
+
+def batch_rows(model: UnifiedVoice) -> int:
+    """How many rows one batched decode step may hold with every row's result independent of the others:
+    the smallest `batch_rows` of the GPT's projections (the precision plan's row kernels declare theirs;
+    torch's own layers, whose GEMMs may sum a row differently by batch size, count 0: one generation per
+    call)."""
+    blocks = model.gpt.h
+    layers = [m for b in blocks for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+    return min(getattr(m, "batch_rows", 0) for m in [*layers, model.mel_head])
 
 
 # ---- generation --------------------------------------------------------------------------------------
@@ -278,55 +310,107 @@ def _history(seqs: torch.Tensor, cfg) -> torch.Tensor:
     return torch.cat((fake.expand(seqs.shape[0], 2), seqs), dim=1)
 
 
-def _sample_or_greedy(model, prompt, valid, options, generator, trace) -> tuple[torch.Tensor, int]:
-    cfg = model.cfg
-    rows, stop = options.num_return_sequences, cfg.stop_mel_token
-    cache = KVCache(model, rows, options.max_mel_tokens)
-    logits = prefill(model, prompt, valid, cache).expand(rows, -1)
-    seqs = torch.empty(rows, 0, dtype=torch.long, device=prompt.device)
-    unfinished = torch.ones(rows, dtype=torch.bool, device=prompt.device)
-    steps = 1
-    for step in range(options.max_mel_tokens):
-        if trace is not None:
-            trace.logits.append(logits.float().clone())
-        scores = process_scores(logits.float(), _history(seqs, cfg), options, step, stop)
-        if options.do_sample:
-            tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+class Search:
+    """One generation advanced one decode step at a time: `start()` runs the prefill, then every call of
+    `step_all([...])` (alone, or with other generations' searches in the same model call: continuous
+    batching) feeds its pending codes and takes the next logits, until `done`. Each search keeps its own
+    options, random generator, KV cache and trace; `codes` is the result."""
+
+    rows: int
+
+    def __init__(self, model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, options: DecodingOptions,
+                 generator: Optional[torch.Generator], trace: Optional[Trace]):
+        self.model, self.options, self.generator, self.trace = model, options, generator, trace
+        self.prompt, self.valid = prompt, valid
+        self.cache = KVCache(model, self.rows, options.max_mel_tokens)
+        self.seqs = torch.empty(self.rows, 0, dtype=torch.long, device=prompt.device)
+        self.step = 0            # logits consumed = codes generated per row
+        self.steps = 0           # model calls (prefill included)
+        self.tokens: Optional[torch.Tensor] = None   # the codes to feed next (rows,)
+        self.done = False
+        self.codes: Optional[torch.Tensor] = None
+
+    def start(self) -> None:
+        """The prefill (batch 1, this generation alone) and the first choice of codes."""
+        logits = prefill(self.model, self.prompt, self.valid, self.cache).expand(self.rows, -1)
+        self.steps = 1
+        self.prompt = self.valid = None
+        self._take(logits)
+
+    def embedded(self) -> torch.Tensor:
+        # Official quirk (SPEC-gpt §15.4/§8.3): with the KV cache the k-th generated code is embedded with mel
+        # position k + 1 (2, 3, …; position 1 is never used), not k.
+        return self.model.embed_mel(self.tokens, torch.full_like(self.tokens, self.step + 1))
+
+    def _take(self, logits: torch.Tensor) -> None:
+        if self.trace is not None:
+            self.trace.logits.append(logits.float().clone())
+        self.tokens = self.choose(logits)
+        self.step += 1
+        if self.tokens is None:
+            self.done, self.cache = True, None     # the cache is freed as soon as the generation ends
+
+    def choose(self, logits: torch.Tensor) -> Optional[torch.Tensor]:
+        """Take step `self.step`'s logits (rows, V) -> the codes to feed next, or None when finished."""
+        raise NotImplementedError
+
+
+def step_all(model: UnifiedVoice, searches: list[Search]) -> None:
+    """One decode step of every search given (each started, not done) in one model call."""
+    logits = forward_rows(model, [s.cache for s in searches], [s.embedded() for s in searches])
+    r = 0
+    for s in searches:
+        s.steps += 1
+        s._take(logits[r:r + s.rows])
+        r += s.rows
+
+
+class SampleSearch(Search):
+    """Greedy or multinomial sampling, num_return_sequences rows (HF `_sample`)."""
+
+    def __init__(self, model, prompt, valid, options, generator, trace):
+        self.rows = options.num_return_sequences
+        super().__init__(model, prompt, valid, options, generator, trace)
+        self.unfinished = torch.ones(self.rows, dtype=torch.bool, device=prompt.device)
+
+    def choose(self, logits):
+        o, cfg = self.options, self.model.cfg
+        stop = cfg.stop_mel_token
+        scores = process_scores(logits.float(), _history(self.seqs, cfg), o, self.step, stop)
+        if o.do_sample:
+            tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator).squeeze(1)
         else:
             tokens = torch.argmax(scores, dim=-1)
-        tokens = torch.where(unfinished, tokens, stop)        # finished rows receive the pad code 8193
-        seqs = torch.cat((seqs, tokens[:, None]), dim=1)
-        unfinished &= tokens != stop
-        if not bool(unfinished.any()) or seqs.shape[1] == options.max_mel_tokens:
-            break
-        # Official quirk (SPEC-gpt §15.4/§8.3): with the KV cache the k-th generated code is embedded with
-        # mel position k + 1 (2, 3, …; position 1 is never used), not k.
-        logits = decode_step(model, cache, tokens, position=step + 2)
-        steps += 1
-    return seqs, steps
+        tokens = torch.where(self.unfinished, tokens, stop)        # finished rows receive the pad code 8193
+        self.seqs = torch.cat((self.seqs, tokens[:, None]), dim=1)
+        self.unfinished &= tokens != stop
+        if not bool(self.unfinished.any()) or self.seqs.shape[1] == o.max_mel_tokens:
+            self.codes = self.seqs
+            return None
+        return tokens
 
 
-def _beam(model, prompt, valid, options, generator, trace) -> tuple[torch.Tensor, int]:
-    cfg = model.cfg
-    nb, stop, vocab = options.num_beams, cfg.stop_mel_token, cfg.number_mel_codes
-    cache = KVCache(model, nb, options.max_mel_tokens)
-    logits = prefill(model, prompt, valid, cache).expand(nb, -1)   # every beam starts from the same prompt
-    beam_scores = torch.full((nb,), -1e9, dtype=torch.float32, device=prompt.device)
-    beam_scores[0] = 0.0
-    seqs = torch.empty(nb, 0, dtype=torch.long, device=prompt.device)
-    hyps = _Hypotheses(nb, options.length_penalty)
-    n_candidates = 2 * nb                      # HF: max(2, 1 + number of stop ids) · num_beams
-    done, steps = False, 1
-    for step in range(options.max_mel_tokens):
-        if trace is not None:
-            trace.logits.append(logits.float().clone())
+class BeamSearch(Search):
+    """Beam search and beam sampling (HF `_beam_search` / `_beam_sample` with its BeamSearchScorer)."""
+
+    def __init__(self, model, prompt, valid, options, generator, trace):
+        self.rows = options.num_beams
+        super().__init__(model, prompt, valid, options, generator, trace)
+        self.beam_scores = torch.full((self.rows,), -1e9, dtype=torch.float32, device=prompt.device)
+        self.beam_scores[0] = 0.0     # every beam starts from the same prompt: only the first one counts
+        self.hyps = _Hypotheses(self.rows, options.length_penalty)
+
+    def choose(self, logits):
+        o, nb, step = self.options, self.rows, self.step
+        stop, vocab, trace = self.model.cfg.stop_mel_token, self.model.cfg.number_mel_codes, self.trace
         # Official quirk (SPEC-gpt §15.6): in beam modes the processors act on log-probabilities (the
         # penalty always multiplies, the temperature divides log-probs); length_penalty 0 = no normalisation.
         scores = torch.log_softmax(logits.float(), dim=-1)
-        scores = process_scores(scores, _history(seqs, cfg), options, step, stop)
-        flat = (scores + beam_scores[:, None]).view(1, nb * vocab)
-        if options.do_sample:
-            picked = torch.multinomial(torch.softmax(flat, dim=-1), n_candidates, generator=generator)
+        scores = process_scores(scores, _history(self.seqs, self.model.cfg), o, step, stop)
+        flat = (scores + self.beam_scores[:, None]).view(1, nb * vocab)
+        n_candidates = 2 * nb                      # HF: max(2, 1 + number of stop ids) · num_beams
+        if o.do_sample:
+            picked = torch.multinomial(torch.softmax(flat, dim=-1), n_candidates, generator=self.generator)
             cand, order = torch.sort(flat.gather(1, picked), descending=True, dim=1)
             picked = picked.gather(1, order)
         else:
@@ -341,48 +425,46 @@ def _beam(model, prompt, valid, options, generator, trace) -> tuple[torch.Tensor
         for rank, (score, token, source) in enumerate(zip(cand_list, tokens, sources)):
             if token == stop:
                 if rank < nb:   # stop candidates ranked below num_beams are ignored
-                    hyps.add(seqs[source].clone(), score, generated_len=step + 1)
+                    self.hyps.add(self.seqs[source].clone(), score, generated_len=step + 1)
             else:
                 next_scores.append(score)
                 next_tokens.append(token)
                 next_sources.append(source)
             if len(next_tokens) == nb:
                 break
-        done = hyps.is_done(max(cand_list), step + 1)
-        rows = torch.tensor(next_sources, device=prompt.device)
-        new_tokens = torch.tensor(next_tokens, dtype=torch.long, device=prompt.device)
-        seqs = torch.cat((seqs[rows], new_tokens[:, None]), dim=1)
-        beam_scores = torch.tensor(next_scores, dtype=torch.float32, device=prompt.device)
-        if done or seqs.shape[1] == options.max_mel_tokens:
-            break
-        cache.reorder(rows)
-        logits = decode_step(model, cache, new_tokens, position=step + 2)   # mel position k + 1, see above
-        steps += 1
-    if not done:  # cut by max_mel_tokens: every open beam is offered as a hypothesis too
-        for i in range(nb):
-            hyps.add(seqs[i].clone(), beam_scores[i].item(), generated_len=seqs.shape[1])
-    ranked = sorted(hyps.beams, key=lambda h: h[0])
-    best = [ranked.pop()[1] for _ in range(options.num_return_sequences)]
-    # Finished hypotheses are stored without their stop code; every hypothesis shorter than the returned
-    # width gets a stop code appended, the rest is stop-code padding (pad = stop = 8193).
-    width = min(max(len(h) for h in best) + 1, options.max_mel_tokens)
-    out = torch.full((len(best), width), stop, dtype=torch.long, device=prompt.device)
-    for i, h in enumerate(best):
-        out[i, :len(h)] = h
-    return out, steps
+        done = self.hyps.is_done(max(cand_list), step + 1)
+        device = self.seqs.device
+        rows = torch.tensor(next_sources, device=device)
+        new_tokens = torch.tensor(next_tokens, dtype=torch.long, device=device)
+        self.seqs = torch.cat((self.seqs[rows], new_tokens[:, None]), dim=1)
+        self.beam_scores = torch.tensor(next_scores, dtype=torch.float32, device=device)
+        if done or self.seqs.shape[1] == o.max_mel_tokens:
+            self.codes = self._finish(done)
+            return None
+        self.cache.reorder(rows)
+        return new_tokens
+
+    def _finish(self, done: bool) -> torch.Tensor:
+        o, stop, hyps = self.options, self.model.cfg.stop_mel_token, self.hyps
+        if not done:  # cut by max_mel_tokens: every open beam is offered as a hypothesis too
+            for i in range(self.rows):
+                hyps.add(self.seqs[i].clone(), self.beam_scores[i].item(), generated_len=self.seqs.shape[1])
+        ranked = sorted(hyps.beams, key=lambda h: h[0])
+        best = [ranked.pop()[1] for _ in range(o.num_return_sequences)]
+        # Finished hypotheses are stored without their stop code; every hypothesis shorter than the returned
+        # width gets a stop code appended, the rest is stop-code padding (pad = stop = 8193).
+        width = min(max(len(h) for h in best) + 1, o.max_mel_tokens)
+        out = torch.full((len(best), width), stop, dtype=torch.long, device=self.seqs.device)
+        for i, h in enumerate(best):
+            out[i, :len(h)] = h
+        return out
 
 
 @torch.inference_mode()
-def generate(model: UnifiedVoice, spk_latent: torch.Tensor, text_ids: torch.Tensor, emovec: torch.Tensor,
-             options: Optional[DecodingOptions] = None, generator: Optional[torch.Generator] = None,
-             *, record: bool = False) -> Generation:
-    """Generate mel codes for one text segment, as the official `inference_speech` does.
-
-    spk_latent (1, 32, D) from `model.speaker_latent`; text_ids: 1-D integer tensor of BPE ids (no start/stop
-    added: the model adds them); emovec (1, D); options: DecodingOptions (default: infer_v2's); generator:
-    the torch.Generator every random draw uses (None = torch's global generator, like the official code).
-    Warns MaxMelTokensWarning when a returned sequence does not end with the stop code.
-    """
+def search(model: UnifiedVoice, spk_latent: torch.Tensor, text_ids: torch.Tensor, emovec: torch.Tensor,
+           options: Optional[DecodingOptions] = None, generator: Optional[torch.Generator] = None,
+           *, record: bool = False) -> Search:
+    """A generation of mel codes for one text segment, checked and ready to `start()` (arguments as `generate`)."""
     options = DecodingOptions() if options is None else options
     if not isinstance(options, DecodingOptions):
         raise OptionError(f"options must be a DecodingOptions, got {type(options).__name__}")
@@ -397,14 +479,38 @@ def generate(model: UnifiedVoice, spk_latent: torch.Tensor, text_ids: torch.Tens
                           f"mel position table allows ({limit})")
     device = next(model.parameters()).device
     prompt, valid = model.prompt(spk_latent.to(device), text_ids.to(device), emovec.to(device))
-    trace = Trace() if record else None
-    run = _beam if options.num_beams > 1 else _sample_or_greedy
-    codes, steps = run(model, prompt, valid, options, generator, trace)
-    if bool((codes[:, -1] != cfg.stop_mel_token).any()):
-        warnings.warn(f"generation stopped at max_mel_tokens={options.max_mel_tokens} before a stop code "
-                      f"({text_ids.numel()} text tokens): the speech of this segment is cut; use shorter "
-                      f"segments or a larger max_mel_tokens", MaxMelTokensWarning, stacklevel=2)
-    return Generation(codes, steps, trace)
+    kind = BeamSearch if options.num_beams > 1 else SampleSearch
+    s = kind(model, prompt, valid, options, generator, Trace() if record else None)
+    s.text_tokens = int(text_ids.numel())
+    return s
+
+
+def warn_if_cut(s: Search) -> None:
+    """infer_v2's warning when a returned sequence does not end with the stop code."""
+    if bool((s.codes[:, -1] != s.model.cfg.stop_mel_token).any()):
+        warnings.warn(f"generation stopped at max_mel_tokens={s.options.max_mel_tokens} before a stop code "
+                      f"({s.text_tokens} text tokens): the speech of this segment is cut; use shorter "
+                      f"segments or a larger max_mel_tokens", MaxMelTokensWarning, stacklevel=3)
+
+
+@torch.inference_mode()
+def generate(model: UnifiedVoice, spk_latent: torch.Tensor, text_ids: torch.Tensor, emovec: torch.Tensor,
+             options: Optional[DecodingOptions] = None, generator: Optional[torch.Generator] = None,
+             *, record: bool = False) -> Generation:
+    """Generate mel codes for one text segment, as the official `inference_speech` does.
+
+    spk_latent (1, 32, D) from `model.speaker_latent`; text_ids: 1-D integer tensor of BPE ids (no start/stop
+    added: the model adds them); emovec (1, D); options: DecodingOptions (default: infer_v2's); generator:
+    the torch.Generator every random draw uses (None = torch's global generator, like the official code).
+    Warns MaxMelTokensWarning when a returned sequence does not end with the stop code. The same `Search`
+    that continuous batching steps together with others (`step_all`), run alone.
+    """
+    s = search(model, spk_latent, text_ids, emovec, options, generator, record=record)
+    s.start()
+    while not s.done:
+        step_all(model, [s])
+    warn_if_cut(s)
+    return Generation(s.codes, s.steps, s.trace)
 
 
 def trim_codes(codes: torch.Tensor, stop_token: int) -> tuple[torch.Tensor, torch.Tensor, bool]:

@@ -44,8 +44,10 @@ import torch
 
 from . import stages
 from .config import ModelFolder
+from .decoding import Search
 from .errors import AudioError, OptionError
 from .lru import LRU
+from .models.s2mel import Euler
 from .options import check_seed
 from .presets import Settings, resolve
 from .profiling import StageTimer
@@ -228,7 +230,7 @@ class Engine:
         request = self._request(text, voice, speaker_id, emotion, preset, settings, seed, forced_codes, overrides,
                                 first_segment_tokens)
         timer = StageTimer(self.device, synchronize=profile)
-        chunks = list(self._chunks(request, timer, noise))
+        chunks = list(run_alone(self.models, self._chunks(request, timer, noise)))
         audio = np.concatenate([c.audio for c in chunks])
         segments = [c.segment for c in chunks]
         timings = timer.finish(len(audio) / SAMPLE_RATE, sum(int(s.codes.shape[1]) for s in segments))
@@ -244,6 +246,18 @@ class Engine:
         seed. `first_segment_tokens` > 0 keeps the first segment that short, so the first chunk comes sooner
         (the official quick_streaming_tokens). Everything the request names is checked here, before the first
         chunk is asked for."""
+        return run_alone(self.models, self.flow(text, voice, speaker_id, emotion, preset, settings, seed, forced_codes,
+                                                noise, first_segment_tokens, **overrides))
+
+    def flow(self, text: str, voice: str | Path | None = None, speaker_id: Optional[str] = None,
+             emotion: Optional[Emotion] = None, preset: str = "baseline", settings: Optional[Settings] = None,
+             seed: Optional[int] = None, forced_codes: Optional[int] = None,
+             noise: Optional[Sequence[torch.Tensor]] = None, first_segment_tokens: int = 0,
+             **overrides):
+        """`stream`'s request as a flow (a generator): it yields the work it needs done, a decoding.Search
+        (run it to its end) or a models.s2mel.Euler (step it until done), and its `AudioChunk`s. `stream`
+        runs it alone (`run_alone`); batcher.Batcher runs many at once, stepping their searches together and
+        their flows in turns. Arguments are checked here, before the flow starts."""
         request = self._request(text, voice, speaker_id, emotion, preset, settings, seed, forced_codes, overrides,
                                 first_segment_tokens)
         return self._chunks(request, StageTimer(self.device, synchronize=False), noise)
@@ -282,8 +296,8 @@ class Engine:
         cut = 0
         for k, ids in enumerate(segments):
             timer.new_segment()
-            seg = self._segment(spk, ids, emovec, settings, gen, timer, r["forced_codes"],
-                                noise[k] if noise is not None else None)
+            seg = yield from self._segment(spk, ids, emovec, settings, gen, timer, r["forced_codes"],
+                                           noise[k] if noise is not None else None)
             cut += seg.hit_max_mel_tokens
             if cut and k == len(segments) - 1 and r["forced_codes"] is None:
                 warnings.warn(f"generation stopped at max_mel_tokens ({settings.max_mel_tokens}) in {cut} segment(s): "
@@ -298,15 +312,20 @@ class Engine:
 
     def _segment(self, spk: SpeakerConditioning, ids: list[int], emovec: torch.Tensor, settings: Settings,
                  gen: torch.Generator, timer: StageTimer, forced_codes: Optional[int],
-                 noise: Optional[torch.Tensor]) -> SegmentResult:
+                 noise: Optional[torch.Tensor]):
+        """One segment's stages, as a flow: yields its search and its flow matching, returns a SegmentResult."""
         m = self.models
         with timer.stage("gpt_gen"):
-            codes, hit_max = stages.generate_codes(m, spk, ids, emovec, settings.decoding(forced_codes), gen)
+            search = stages.code_search(m, spk, ids, emovec, settings.decoding(forced_codes), gen)
+            yield search                                    # run to its end by the driver (alone or batched)
+            codes, hit_max = stages.search_codes(m, search)
         with timer.stage("gpt_forward"):
             latent = stages.gpt_latents(m, spk, ids, codes, emovec)
         with timer.stage("s2mel"):
             cond = stages.semantic_condition(m, codes, latent)
-            mel = stages.s2mel_generate(m, spk, cond, settings.diffusion_steps, settings.cfg_rate, gen, noise)
+            euler = stages.s2mel_begin(m, spk, cond, settings.diffusion_steps, settings.cfg_rate, gen, noise)
+            yield euler                                     # stepped by the driver until done
+            mel = stages.s2mel_mel(spk, euler)
         with timer.stage("bigvgan"):
             wav_pcm = stages.vocode(m, mel)
         return SegmentResult(ids, codes, hit_max, wav_pcm)
@@ -317,3 +336,23 @@ class Engine:
             self._speakers.clear()
             self._emotions.clear()
             self._default_emovecs.clear()
+
+
+def run_alone(m: stages.Models, flow) -> Iterator[AudioChunk]:
+    """Drive one request's flow (`Engine.flow`) by itself: each search and each flow matching run to its end
+    as it comes; the flow's AudioChunks are yielded."""
+    reply = None
+    while True:
+        try:
+            item = flow.send(reply)
+        except StopIteration:
+            return
+        if isinstance(item, AudioChunk):
+            yield item
+        elif isinstance(item, Euler):
+            while not item.done:
+                stages.s2mel_step(m, item)
+        elif isinstance(item, Search):
+            stages.run_search(m, item)
+        else:
+            raise TypeError(f"a flow yielded {type(item).__name__}")

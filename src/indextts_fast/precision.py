@@ -11,7 +11,7 @@ How each stage mode is done:
   `BF16Linear` (bf16 weights, bf16 GEMM), `Int8Linear` (weight-only int8, per-output-channel scales: on x86
   with AVX2 our kernel, fp32 rows as int16 with exact int32 sums; many rows on native-bf16 CPUs a bf16 GEMM
   of the dequantised weight; elsewhere `torch._weight_int8pack_mm`), `DynamicInt8Linear` (int8 weights and
-  activations: 1-8 rows through our AVX-512 VNNI GEMV, many rows through oneDNN's int8 GEMM; without VNNI
+  activations: 1-GEMV_ROWS rows through our AVX-512 VNNI GEMV, many rows through oneDNN's int8 GEMM; without VNNI
   fbgemm with 7-bit activations, as 8-bit ones saturate there). A whole decode step is ONE kernel call for
   int8dyn (`fused_int8_decode`, kernels/gpt_step.c, bf16 KV cache) and for int8 on an fp32 KV cache
   (`fused_w8_decode`, kernels/avx2.c). Reduced-precision GPTs keep their KV cache in bf16 where our AVX-512
@@ -43,7 +43,8 @@ from .int8gemm import onednn_prepack, quantize_activations, quantize_int8
 from .kernels import ops
 from .plan import STAGE_CHOICES, STAGES, PrecisionPlan  # noqa: F401  (STAGES re-exported)
 
-GEMV_ROWS = 8  # the row-wise decode kernels serve up to this many rows (beams); more rows go to a GEMM
+GEMV_ROWS = 64  # the row-wise decode kernels serve up to this many rows (the beams of every request in a batched
+#                decode step: a row's result must not depend on how many rows share the call); more rows: a GEMM
 
 
 BF16_STAGE = ("bf16", "int8dyn")   # stage modes that run under bf16 autocast (an S2Mel int8dyn: int8 products inside)
@@ -161,6 +162,7 @@ class Int8Linear(nn.Module):
         self.kernel_rows = GEMV_ROWS if caps.native_bf16 else None   # rows the kernel takes (None: any)
         if packed is not None and self.kernel_rows is None:
             self.qweight = None   # every row count takes the packed copy: one int8 copy of the weights, not two
+        self.batch_rows = GEMV_ROWS if packed is not None else 0   # row-invariant up to this many rows (decoding)
 
     def dequantized(self) -> torch.Tensor:
         return self.qweight.to(torch.bfloat16) * self.scale[:, None]
@@ -187,11 +189,12 @@ class Int8Linear(nn.Module):
 
 class Fp32Linear(nn.Module):
     """The exact fp32 product y = x·Wᵀ + b with W held (out, in) contiguous, swapped in for the GPT's
-    projections by the fp32 plan on the CPU. 1-8 rows (decode steps) go through our row kernels where they
-    beat oneMKL on this tier: on AVX-512 VNNI CPUs one row through `itf_gemv_f32` (oneMKL's one-row sgemv
-    uses one core), on AVX2 / AVX-512 CPUs without VNNI 1-8 rows through `ops.gemm_f32_rows` (oneMKL's
-    AVX2 path drops to ~60 % of the read bandwidth at 2-3 rows). Everything else: F.linear. Same float
-    products, summed in another order (the GPT goldens and e2e parity pass with it)."""
+    projections by the fp32 plan on the CPU. 1-GEMV_ROWS rows (decode steps: the beams of one request, or of
+    every request in a batched step) go through `ops.gemm_f32_rows` on every x86 CPU from AVX2: every weight
+    read once for all rows on both cores (oneMKL's one-row sgemv uses one core, its AVX2 path drops to ~60 %
+    of the read bandwidth at 2-3 rows), and each row summed in one fixed order whatever the other rows, so a
+    request's logits do not depend on its batch. Everything else: F.linear. Same float products, summed in
+    another order (the GPT goldens and e2e parity pass with it)."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], caps: Optional[CpuCaps] = None):
         super().__init__()
@@ -199,16 +202,14 @@ class Fp32Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         caps = caps or detect()
         on_cpu = weight.device.type == "cpu"
-        self.rows = 0 if not on_cpu or not caps.at_least("avx2") or caps.tier == "neon" else \
-            (1 if caps.vnni else GEMV_ROWS)
-        self.avx512 = caps.vnni
+        self.rows = GEMV_ROWS if on_cpu and caps.at_least("avx2") and caps.tier != "neon" else 0
+        self.batch_rows = self.rows   # row-invariant up to this many rows (decoding.batch_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _2d(x)
         if 0 < x2.shape[0] <= self.rows and x.dtype == torch.float32:
             x2 = x2.contiguous()
-            y = (ops.gemv_f32(x2, self.weight, self.bias) if self.avx512
-                 else ops.gemm_f32_rows(x2, self.weight, self.bias))
+            y = ops.gemm_f32_rows(x2, self.weight, self.bias)
             if y is not None:
                 return y.reshape(*x.shape[:-1], -1)
         return F.linear(x, self.weight, self.bias)
@@ -245,7 +246,7 @@ class DynamicInt8Linear(nn.Module):
     """int8 weights (per output channel) x int8 activations quantised on the fly, fp32 result with the fp32
     bias added inside the kernel (CPU only).
 
-    1-8 rows (the decode step, one row per beam): the VNNI GEMV of `kernels/native.c` when it is available
+    1-GEMV_ROWS rows (a decode step: a row per beam of each request in it): the VNNI GEMV of `kernels/native.c` when it is available
     (activations per row, asymmetric uint8; every weight byte read once for all rows). More rows (prefill,
     latent pass), or no kernel: oneDNN's int8 GEMM (`onednn::qlinear_pointwise`, AMX where the CPU has it;
     activations per tensor, asymmetric uint8) — 1.3-3x fbgemm's — else fbgemm's `quantized::linear_dynamic`.
@@ -272,6 +273,7 @@ class DynamicInt8Linear(nn.Module):
         else:
             self.packed = fbgemm_prepack(q, scale, self.bias_f32)
         self.kernel = kernels.load()
+        self.batch_rows = GEMV_ROWS if self.kernel is not None else 0   # per-row quantisation: row-invariant
         if self.kernel is not None:
             for name, t in pack_vnni(q, scale, bias).items():
                 self.register_buffer(name, t)
@@ -285,7 +287,7 @@ class DynamicInt8Linear(nn.Module):
                                                   self.bias_f32, 1.0, 0, torch.float32, "none", [], "")
 
     def gemv_ok(self, x: torch.Tensor) -> bool:
-        """Whether x takes the VNNI GEMV: 1-8 contiguous fp32 rows on the CPU, kernel available."""
+        """Whether x takes the VNNI GEMV: 1-GEMV_ROWS contiguous fp32 rows on the CPU, kernel available."""
         return (self.kernel is not None and x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS
                 and x.dtype == torch.float32 and x.is_contiguous() and x.device.type == "cpu")
 
@@ -356,29 +358,50 @@ def _block_table(model: nn.Module):
                              fill)
 
 
-def fused_int8_decode(model: nn.Module, x: torch.Tensor, cache) -> Optional[torch.Tensor]:
+class _Group(ctypes.Structure):
+    """kernels.h's itf_group_t: one request's rows in a batched decode step, with its own KV cache."""
+    _fields_ = [("rows", ctypes.c_int), ("lo", ctypes.c_int), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p),
+                ("layer_stride", ctypes.c_long), ("head_stride", ctypes.c_long), ("mask", ctypes.c_void_p)]
+
+
+def _groups(caches) -> ctypes.Array:
+    """The itf_group_t array of a step's caches (decoding.KVCache, begin_step done): rows, where the new
+    keys go, the cache buffers and the step's additive mask."""
+    table = (_Group * len(caches))()
+    for g, c in zip(table, caches):
+        g.rows, g.lo = c.rows, c.prefix + c.length * c.rows
+        g.k, g.v, g.layer_stride, g.head_stride = c.k.data_ptr(), c.v.data_ptr(), c.k.stride(0), c.k.stride(1)
+        g.mask = None if c.mask is None else c.mask.data_ptr()
+    return table
+
+
+def _fused_step(fn, model: nn.Module, x: torch.Tensor, caches, table) -> Optional[torch.Tensor]:
+    blocks, c = model.gpt.h, caches[0]
+    x = x.contiguous().clone()
+    rc = fn(x.data_ptr(), x.shape[0], x.shape[1], len(blocks), ctypes.addressof(table), blocks[0].ln_1.eps,
+            len(caches), _groups(caches), c.heads, c.head_dim, c.head_dim ** -0.5)
+    if rc == -2:
+        return None
+    if rc:
+        raise MemoryError(f"int8 GPT decode step kernel failed ({rc})")
+    return model.gpt.ln_f(x)
+
+
+def fused_int8_decode(model: nn.Module, x: torch.Tensor, caches) -> Optional[torch.Tensor]:
     """Every GPT-2 block of an int8dyn decode step in ONE kernel call (kernels/gpt_step.c: the VNNI GEMVs
     with their fused LayerNorm / GELU / residual around the bf16-cache attention, keys and values written to
-    the cache, all in one parallel region) -> the backbone's output ln_f(x), (S, D); None when x or the cache
-    do not qualify (the blocks then run one by one). Same arithmetic as the per-projection kernel calls."""
+    the cache, all in one parallel region) for the rows of one or more requests (x: their rows in the order of
+    `caches`, one decoding.KVCache each) -> the backbone's output ln_f(x), (rows, D); None when x or a cache
+    do not qualify (the blocks then run one by one). Same arithmetic as the per-projection kernel calls; a
+    row's result does not depend on the other requests in the call."""
     from .kernels import load
 
     table = model.__dict__.get("_int8_block_table")
     lib = load()
-    if table is None or lib is None or not cache.kernel or not (x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS
-                                                     and x.dtype == torch.float32 and x.device.type == "cpu"):
+    if table is None or lib is None or not all(c.kernel for c in caches) or \
+            not (x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu"):
         return None
-    x = x.contiguous().clone()
-    blocks = model.gpt.h
-    lo = cache.prefix + cache.length * cache.rows
-    mask = cache.mask
-    rc = lib.itf_gpt_step(x.data_ptr(), x.shape[0], x.shape[1], len(blocks), ctypes.addressof(table),
-                                   blocks[0].ln_1.eps, cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0),
-                                   cache.k.stride(1), lo, None if mask is None else mask.data_ptr(), cache.heads,
-                                   cache.head_dim, cache.head_dim ** -0.5)
-    if rc:
-        raise MemoryError(f"int8 GPT decode step kernel failed ({rc})")
-    return model.gpt.ln_f(x)
+    return _fused_step(lib.itf_gpt_step, model, x, caches, table)
 
 
 class _BlockW8(ctypes.Structure):
@@ -396,32 +419,20 @@ def _w8_block_table(model: nn.Module):
                              and m.bias is not None, fill)
 
 
-def fused_w8_decode(model: nn.Module, x: torch.Tensor, cache) -> Optional[torch.Tensor]:
+def fused_w8_decode(model: nn.Module, x: torch.Tensor, caches) -> Optional[torch.Tensor]:
     """Every GPT-2 block of an int8 (weight-only) decode step in ONE kernel call (kernels/avx2.c
-    itf_gpt_step_w8: the products of `Int8Linear` around an fp32-cache attention, one parallel region) ->
-    ln_f(x), (S, D); None when x or the cache do not qualify (the blocks then run one by one)."""
+    itf_gpt_step_w8: the products of `Int8Linear` around an fp32-cache attention, one parallel region) for the
+    rows of one or more requests (as `fused_int8_decode`) -> ln_f(x), (rows, D); None when x or a cache do not
+    qualify (the blocks then run one by one)."""
     from .kernels import portable
 
     table = model.__dict__.get("_w8_block_table")
     lib = portable()
-    if table is None or lib is None or cache.dtype != torch.float32 or cache.k.device.type != "cpu" or \
-            not (x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS and x.dtype == torch.float32):
+    if table is None or lib is None or not (x.dim() == 2 and x.dtype == torch.float32) or any(
+            c.dtype != torch.float32 or c.k.device.type != "cpu" or
+            (c.mask is not None and (c.mask.dtype != torch.float32 or not c.mask.is_contiguous())) for c in caches):
         return None
-    x = x.contiguous().clone()
-    blocks = model.gpt.h
-    lo = cache.prefix + cache.length * cache.rows
-    mask = cache.mask
-    if mask is not None and (mask.dtype != torch.float32 or not mask.is_contiguous()):
-        return None
-    rc = lib.itf_gpt_step_w8(x.data_ptr(), x.shape[0], x.shape[1], len(blocks), ctypes.addressof(table),
-                             blocks[0].ln_1.eps, cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0),
-                             cache.k.stride(1), lo, None if mask is None else mask.data_ptr(), cache.heads,
-                             cache.head_dim, cache.head_dim ** -0.5)
-    if rc == -2:
-        return None
-    if rc:
-        raise MemoryError(f"int8 GPT decode step kernel failed ({rc})")
-    return model.gpt.ln_f(x)
+    return _fused_step(lib.itf_gpt_step_w8, model, x, caches, table)
 
 
 LINEARS = {"fp32": Fp32Linear, "bf16": BF16Linear, "int8": Int8Linear, "int8dyn": DynamicInt8Linear}

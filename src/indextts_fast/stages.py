@@ -3,7 +3,7 @@
     models = load(folder, device="cpu", plan=make_plan("auto"))
     spk = speaker_conditioning(models, "me.wav")                     # reference clip -> SpeakerConditioning
     segments = text_segments(models, "Hello there.", 120)            # text -> token ids per segment
-    codes, hit_max = generate_codes(models, spk, ids, emovec, options, generator)
+    codes, hit_max = generate_codes(models, spk, ids, emovec, options, generator)   # or code_search + steps
     latent = gpt_latents(models, spk, ids, codes, emovec)            # the GPT's second pass
     cond = semantic_condition(models, codes, latent)                 # codec vectors + latents, length-regulated
     mel = s2mel_generate(models, spk, cond, steps, cfg_rate, generator, noise)   # the CFM, prompt part removed
@@ -17,7 +17,6 @@ once (batching).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -111,18 +110,41 @@ def text_segments(m: Models, text: str, max_text_tokens_per_segment: int, first_
 
 
 @torch.inference_mode()
+def code_search(m: Models, spk: SpeakerConditioning, ids: list[int] | torch.Tensor, emovec: torch.Tensor, options,
+                generator: Optional[torch.Generator] = None):
+    """One segment's code generation, checked, not started: a decoding.Search, run alone (`generate_codes`) or
+    stepped together with other requests' (decoding.step_all: continuous batching)."""
+    from .decoding import search
+
+    text_ids = torch.as_tensor(ids, dtype=torch.int32, device=m.device)
+    return search(m.gpt, spk.spk_latent, text_ids, emovec, options, generator)
+
+
+def search_codes(m: Models, s) -> tuple[torch.Tensor, bool]:
+    """A finished search's codes -> ((1, N) codes after stop-code trimming, whether max_mel_tokens cut it)."""
+    from .decoding import trim_codes
+
+    codes, _, hit_max = trim_codes(s.codes, m.folder.config.gpt.stop_mel_token)
+    return codes, bool(hit_max)
+
+
+@torch.inference_mode()
+def run_search(m: Models, s) -> None:
+    """Run a search alone to its end."""
+    from .decoding import step_all
+
+    s.start()
+    while not s.done:
+        step_all(m.gpt, [s])
+
+
 def generate_codes(m: Models, spk: SpeakerConditioning, ids: list[int] | torch.Tensor, emovec: torch.Tensor,
                    options, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, bool]:
     """Semantic codes of one segment -> ((1, N) codes after stop-code trimming, whether max_mel_tokens cut it).
     `options`: decoding.DecodingOptions. The max_mel_tokens warning is the caller's (one per request)."""
-    from .decoding import MaxMelTokensWarning, generate, trim_codes
-
-    text_ids = torch.as_tensor(ids, dtype=torch.int32, device=m.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MaxMelTokensWarning)
-        generation = generate(m.gpt, spk.spk_latent, text_ids, emovec, options, generator=generator)
-    codes, _, hit_max = trim_codes(generation.codes, m.folder.config.gpt.stop_mel_token)
-    return codes, bool(hit_max)
+    s = code_search(m, spk, ids, emovec, options, generator)
+    run_search(m, s)
+    return search_codes(m, s)
 
 
 @torch.inference_mode()
@@ -148,16 +170,37 @@ def semantic_condition(m: Models, codes: torch.Tensor, latent: torch.Tensor) -> 
 
 
 @torch.inference_mode()
+def s2mel_begin(m: Models, spk: SpeakerConditioning, cond: torch.Tensor, steps: int, cfg_rate: float,
+                generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None):
+    """The flow matching's state before its first step (the starting noise drawn from `generator` now, or
+    `noise` (1, 80, T_ref + T_target)): a models.s2mel.Euler that `s2mel_step` advances until `.done`."""
+    with m.autocast("s2mel"):
+        cat = torch.cat([spk.prompt_condition, cond], dim=1)
+        return m.s2mel.cfm.begin(cat, torch.tensor([cat.shape[1]], device=m.device), spk.ref_mel, spk.style, steps,
+                                 cfg_rate=cfg_rate, noise=noise, generator=generator)
+
+
+@torch.inference_mode()
+def s2mel_step(m: Models, state) -> None:
+    """One Euler step (DiT with classifier-free guidance) of one request's flow."""
+    with m.autocast("s2mel"):
+        m.s2mel.cfm.advance(state)
+
+
+def s2mel_mel(spk: SpeakerConditioning, state) -> torch.Tensor:
+    """A finished flow -> the mel of the new speech (1, 80, T_target), prompt part removed."""
+    return state.x[:, :, spk.ref_mel.shape[-1]:].float()
+
+
 def s2mel_generate(m: Models, spk: SpeakerConditioning, cond: torch.Tensor, steps: int, cfg_rate: float,
                    generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The flow matching (DiT, `steps` Euler steps, classifier-free guidance `cfg_rate`) from the speaker's prompt
     and the condition -> the mel of the new speech (1, 80, T_target), prompt part removed. `noise`: the starting
     noise (1, 80, T_ref + T_target) instead of drawing it from `generator`."""
-    with m.autocast("s2mel"):
-        cat = torch.cat([spk.prompt_condition, cond], dim=1)
-        mel = m.s2mel.cfm.inference(cat, torch.tensor([cat.shape[1]], device=m.device), spk.ref_mel, spk.style, steps,
-                                    cfg_rate=cfg_rate, noise=noise, generator=generator)
-        return mel[:, :, spk.ref_mel.shape[-1]:].float()
+    state = s2mel_begin(m, spk, cond, steps, cfg_rate, generator, noise)
+    while not state.done:
+        s2mel_step(m, state)
+    return s2mel_mel(spk, state)
 
 
 @torch.inference_mode()

@@ -5,20 +5,18 @@ Two libraries, by tier (cpu.py): the AVX2 one (`avx2.c`, for AVX2 and AVX-512 CP
 full one (every source, for AVX-512 VNNI CPUs), so that avx2.c's kernels exist on every x86 tier from AVX2:
 - `itf_gemv_w8_f32` (avx2.c): the int8 weight-only product (weights packed by 4 outputs, fp32 rows as int16,
   exact int32 sums, any number of rows); `itf_gpt_step_w8`: a whole int8 weight-only GPT-2 decode step on
-  an fp32 KV cache in one call; `itf_gemm_f32_rows`: the exact fp32 product for 1-8 rows reading every
-  weight once; `itf_quantize_u8_avx2`: per-tensor unsigned quantisation to 0..qmax (127 without VNNI).
+  an fp32 KV cache in one call (one or several requests); `itf_gemm_f32_rows`: the exact fp32 product for
+  decode rows reading every weight once, each row summed in one order whatever the others; `itf_quantize_u8_avx2`: per-tensor unsigned quantisation to 0..qmax (127 without VNNI).
 
 `native.c`, `gpt_step.c` and `attention.c` (AVX-512, the full library only):
-- `itf_gemv_s8`: the int8 GEMV of the GPT decode step (1-8 rows): activations quantised per row to uint8
+- `itf_gemv_s8`: the int8 GEMV of the GPT decode step (any rows; per-row quantisation): activations quantised per row to uint8
   (with a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale
   and bias applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each
   weight byte once for all rows, which fbgemm's dynamic linear does not do at 2-4 rows (beam search):
   `python -m indextts_fast.kernels` times both side by side on GPT-shaped weights.
-- `itf_gemv_f32`: the fp32 product of a one-row GPT decode step (greedy / sampling at 1 beam) on every
-  core (oneMKL's 1-row sgemv runs on one); the only kernel on the fp32 path (float rounding as F.linear's,
-  another order; parity checked).
 - `itf_gpt_step` (gpt_step.c): a whole int8 GPT-2 decode step (every block: the GEMVs above around the
-  attention below, new keys/values written to the bf16 cache) in one call and one parallel region.
+  attention below, new keys/values written to the bf16 cache) in one call and one parallel region, for the
+  rows of one or several requests (a batched step: products on all rows, attention per request's cache).
 - `itf_attend_bf16`: one decode step's attention over a bf16 KV cache (S query rows, additive mask),
   every cached key read once for all rows, masked-out positions skipped.
 - `itf_adaln_rms_bf16`, `itf_rope_bf16`, `itf_silu_mul_bf16`, `itf_wavenet_gate_bf16`: the elementwise
@@ -33,8 +31,7 @@ full one (every source, for AVX-512 VNNI CPUs), so that avx2.c's kernels exist o
 - `itf_aa_snake`: BigVGAN's anti-aliased Snake activation (up-sample ×2, Snake, down-sample ×2) per
   channel row in one pass, fp32 arithmetic; `itf_aa_snake_tm_bf16`: the same on a time-major bf16 signal,
   16 channels per vector (the bf16 vocoder stage runs time-major).
-All run on torch's OpenMP pool (same libgomp). Only `itf_gemv_f32` and `itf_gemm_f32_rows` serve the fp32
-(parity) path.
+All run on torch's OpenMP pool (same libgomp). Only `itf_gemm_f32_rows` serves the fp32 (parity) path.
 
 `load()` returns the full library, or None when the CPU (as `cpu.detect()` sees it, a forced tier included)
 has no AVX-512 VNNI; `portable()` the library with avx2.c's kernels (the full one where it loads), or None
@@ -60,7 +57,7 @@ from ..cpu import cpuinfo, detect  # noqa: F401  (cpuinfo re-exported: mkl_vendo
 
 SOURCES = ("native.c", "gpt_step.c", "attention.c", "avx2.c", "simd.h", "kernels.h")   # the .c files: one library
 FLAGS = ["-O3", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
-PORTABLE_SOURCES = ("avx2.c",)     # the AVX2 + FMA tier's library
+PORTABLE_SOURCES = ("avx2.c", "kernels.h")     # the AVX2 + FMA tier's library
 PORTABLE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")   # attention.c (compiled for them per function)
@@ -166,8 +163,6 @@ def load() -> Optional[ctypes.CDLL]:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     # x, M, K, ln_w, ln_b, ln_eps, packed W, Σw, w scales, bias, N, residual, gelu, y
     fn.argtypes = [ptr, i32, i32, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, i32, ptr, i32, ptr]
-    lib.itf_gemv_f32.restype = ctypes.c_int   # x, K, W (N, K), bias, N, y
-    lib.itf_gemv_f32.argtypes = [ptr, i32, ptr, ptr, i32, ptr]
     att = lib.itf_attend_bf16
     att.restype = ctypes.c_int
     # q, q row stride, K, V, head stride, keys, mask, S, H, d, scale, out
@@ -194,9 +189,9 @@ def load() -> Optional[ctypes.CDLL]:
     long = ctypes.c_long  # q, k, v each with (batch, head, time) strides, key lengths, B, H, T, d, scale,
     #                       out + strides, RoPE table (or None), amx
     dit_att.argtypes = [ptr, long, long, long] * 3 + [ptr, i32, i32, i32, i32, f32, ptr, long, long, long, ptr, i32]
-    step = lib.itf_gpt_step  # x, rows, D, blocks, block table, eps, k, v, layer/head stride, lo, mask, H, d, scale
+    step = lib.itf_gpt_step  # x, rows, D, blocks, block table, eps, groups, group table, H, d, scale
     step.restype = ctypes.c_int
-    step.argtypes = [ptr, i32, i32, i32, ptr, f32, ptr, ptr, long, long, i32, ptr, i32, i32, f32]
+    step.argtypes = [ptr, i32, i32, i32, ptr, f32, i32, ptr, i32, i32, f32]
     lib.amx = cpu_supports(AMX_FLAGS) and lib.itf_amx_init() == 0   # the AMX tiles may only be used when this holds
     lib.bf16_dot = cpu_supports(BF16_DOT_FLAGS)                      # VDPBF16PS
     return lib
@@ -208,10 +203,9 @@ def _declare_portable(lib: ctypes.CDLL) -> None:
     for fn in (lib.itf_gemv_w8_f32, lib.itf_gemm_f32_rows):   # x, M, K, W (N, K), scale or NULL, bias or NULL, N, y
         fn.restype = ctypes.c_int
         fn.argtypes = [ptr, i32, i32, ptr, ptr, ptr, i32, ptr]
-    step = lib.itf_gpt_step_w8   # x, rows, D, blocks, block table, eps, k, v, layer/head stride, lo, mask, H, d, scale
+    step = lib.itf_gpt_step_w8   # x, rows, D, blocks, block table, eps, groups, group table, H, d, scale
     step.restype = ctypes.c_int
-    step.argtypes = [ptr, i32, i32, i32, ptr, ctypes.c_float, ptr, ptr, ctypes.c_long, ctypes.c_long, i32, ptr, i32, i32,
-                     ctypes.c_float]
+    step.argtypes = [ptr, i32, i32, i32, ptr, ctypes.c_float, i32, ptr, i32, i32, ctypes.c_float]
     lib.itf_quantize_u8_avx2.restype = None    # x, n, out, &scale, &zero point, largest level
     lib.itf_quantize_u8_avx2.argtypes = [ptr, ctypes.c_long, ptr, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(i32),
                                          i32]

@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "kernels.h"
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -27,14 +28,13 @@ static inline float hsum8(__m256 v) {
 }
 
 /* acc[r][c] = Σ_k x[r][k]·w[c][k] for R rows and C outputs; K16 = K rounded down to 16 (the tail in scalar).
-   Each (r, c) has two accumulators (even and odd groups of 8 k) when R·C <= 4: one FMA chain per output
-   would wait on its own latency. PF: how far ahead (bytes) each weight row is prefetched (0: not). */
+   One accumulator per (r, c) whatever R and C, so that a row's result is the same alone or among others (batch
+   invariance of the decode step; a second chain per output for 1 row was not measurably faster: the read
+   of the weights bounds it). PF: how far ahead (bytes) each weight row is prefetched (0: not). */
 #define BLOCK_BODY(LOADW, PF)  /* fp32 weights */                                                                              \
-    const int S = R * C <= 4 ? 2 : 1;                                                                      \
-    __m256 acc[2][3][4];                                                                                   \
-    for (int h = 0; h < S; h++)                                                                            \
-        for (int r = 0; r < R; r++)                                                                        \
-            for (int c = 0; c < C; c++) acc[h][r][c] = _mm256_setzero_ps();                               \
+    __m256 acc[3][4];                                                                                      \
+    for (int r = 0; r < R; r++)                                                                            \
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();                                       \
     int K16 = K & ~15;                                                                                     \
     for (int k = 0; k < K16; k += 16) {                                                                    \
         if (PF)                                                                                            \
@@ -44,14 +44,13 @@ static inline float hsum8(__m256 v) {
             for (int c = 0; c < C; c++) wv[c] = LOADW(w + (size_t)c * K + k + 8 * h);                      \
             for (int r = 0; r < R; r++) {                                                                  \
                 __m256 xv = _mm256_loadu_ps(x + (size_t)r * K + k + 8 * h);                                 \
-                for (int c = 0; c < C; c++)                                                                \
-                    acc[h % S][r][c] = _mm256_fmadd_ps(xv, wv[c], acc[h % S][r][c]);                       \
+                for (int c = 0; c < C; c++) acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);             \
             }                                                                                              \
         }                                                                                                  \
     }                                                                                                      \
     for (int r = 0; r < R; r++)                                                                            \
         for (int c = 0; c < C; c++) {                                                                      \
-            float s = hsum8(S == 2 ? _mm256_add_ps(acc[0][r][c], acc[S - 1][r][c]) : acc[0][r][c]);        \
+            float s = hsum8(acc[r][c]);                                                                    \
             for (int k = K16; k < K; k++) s += x[(size_t)r * K + k] * (float)w[(size_t)c * K + k];         \
             out[r * 4 + c] = s;                                                                            \
         }
@@ -365,23 +364,34 @@ static void attend_head(int hh, const float *qkv, int D, const float *k, const f
     }
 }
 
-/* x (S, D) fp32, in place. k, v: the fp32 cache (L, H, cap, d) with the given layer and head strides; the step's
-   rows go to positions lo .. lo+S-1, attention reads 0 .. lo+S-1 with the additive (S, lo+S) mask (NULL: all).
-   d % 8 == 0 and <= 256, D % 16 == 0, S <= 8. Returns 0, -1 without scratch memory, -2 for a bad shape. */
-int itf_gpt_step_w8(float *x, int S, int D, int L, const itf_block_w8_t *blocks, float eps, float *k, float *v,
-                    long layer_stride, long head_stride, int lo, const float *mask, int H, int d, float scale) {
-    if (d % 8 || d > 256 || D % 16 || S < 1 || S > 8 || H * d != D) return -2;
-    int n = lo + S, F = 4 * D;
+/* x (S, D) fp32, in place: the rows of G requests (itf_group_t, kernels.h), each with its own fp32 cache; the
+   products run on all S rows at once (each row's result independent of the others: per-row int16 scale, exact
+   integer sums), the attention per request and head. d % 8 == 0 and <= 256, D % 16 == 0. Returns 0, -1 without
+   scratch memory, -2 for a bad shape. */
+int itf_gpt_step_w8(float *x, int S, int D, int L, const itf_block_w8_t *blocks, float eps, int G,
+                    const itf_group_t *groups, int H, int d, float scale) {
+    if (d % 8 || d > 256 || D % 16 || S < 1 || G < 1 || H * d != D) return -2;
+    int F = 4 * D, total = 0;
+    size_t scratch = 0;
+    int *first = malloc(sizeof(int) * (size_t)G);
+    size_t *at = malloc(sizeof(size_t) * (size_t)G);
+    if (!first || !at) { free(first); free(at); return -1; }
+    for (int g = 0; g < G; g++) {
+        if (groups[g].rows < 1 || groups[g].lo < 0) { free(first); free(at); return -2; }
+        first[g] = total, at[g] = scratch;
+        total += groups[g].rows;
+        scratch += (size_t)H * groups[g].rows * (groups[g].lo + groups[g].rows + 8);
+    }
+    if (total != S) { free(first); free(at); return -2; }
     float *qkv = malloc(sizeof(float) * (size_t)S * 3 * D), *a = malloc(sizeof(float) * (size_t)S * D);
     float *h = malloc(sizeof(float) * (size_t)S * F), *xn = malloc(sizeof(float) * (size_t)S * D);
-    float *sc = malloc(sizeof(float) * (size_t)H * S * (n + 8)), *xs = malloc(sizeof(float) * S);
+    float *sc = malloc(sizeof(float) * scratch), *xs = malloc(sizeof(float) * S);
     int16_t *xq = malloc(sizeof(int16_t) * (size_t)S * F + 64);
     int ok = qkv && a && h && xn && sc && xs && xq;
     if (ok) {
         #pragma omp parallel
         for (int l = 0; l < L; l++) {
             const itf_block_w8_t *b = blocks + l;
-            float *kl = k + (size_t)l * layer_stride, *vl = v + (size_t)l * layer_stride;
             #pragma omp single
             {
                 itf_layer_norm_rows(x, S, D, b->ln1_w, b->ln1_b, eps, xn);
@@ -389,13 +399,19 @@ int itf_gpt_step_w8(float *x, int S, int D, int L, const itf_block_w8_t *blocks,
             }
             step_product(xq, xs, S, D, b->w[0], b->ws[0], b->bias[0], 3 * D, NULL, qkv);
             #pragma omp for schedule(static)
-            for (int hh = 0; hh < H; hh++) {
-                for (int r = 0; r < S; r++) {
-                    size_t at = (size_t)hh * head_stride + (size_t)(lo + r) * d;
-                    memcpy(kl + at, qkv + (size_t)r * 3 * D + D + hh * d, sizeof(float) * d);
-                    memcpy(vl + at, qkv + (size_t)r * 3 * D + 2 * D + hh * d, sizeof(float) * d);
+            for (int gh = 0; gh < G * H; gh++) {   /* one request's head: its new keys and values, its attention */
+                int g = gh / H, hh = gh % H, r0 = first[g], R = groups[g].rows, lo = groups[g].lo;
+                float *kl = (float *)groups[g].k + (size_t)l * groups[g].layer_stride;
+                float *vl = (float *)groups[g].v + (size_t)l * groups[g].layer_stride;
+                long hs = groups[g].head_stride;
+                for (int r = 0; r < R; r++) {
+                    size_t pos = (size_t)hh * hs + (size_t)(lo + r) * d;
+                    memcpy(kl + pos, qkv + (size_t)(r0 + r) * 3 * D + D + hh * d, sizeof(float) * d);
+                    memcpy(vl + pos, qkv + (size_t)(r0 + r) * 3 * D + 2 * D + hh * d, sizeof(float) * d);
                 }
-                attend_head(hh, qkv, D, kl, vl, head_stride, n, mask, S, d, scale, sc + (size_t)hh * S * (n + 8), a);
+                int n = lo + R;
+                attend_head(hh, qkv + (size_t)r0 * 3 * D, D, kl, vl, hs, n, groups[g].mask, R, d, scale,
+                            sc + at[g] + (size_t)hh * R * (n + 8), a + (size_t)r0 * D);
             }
             #pragma omp single
             quantize_rows_i16(a, S, D, xq, xs);
@@ -413,6 +429,6 @@ int itf_gpt_step_w8(float *x, int S, int D, int L, const itf_block_w8_t *blocks,
             step_product(xq, xs, S, F, b->w[3], b->ws[3], b->bias[3], D, x, x);
         }
     }
-    free(qkv); free(a); free(h); free(xn); free(sc); free(xs); free(xq);
+    free(qkv); free(a); free(h); free(xn); free(sc); free(xs); free(xq); free(first); free(at);
     return ok ? 0 : -1;
 }

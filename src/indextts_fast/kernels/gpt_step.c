@@ -32,24 +32,35 @@ static void product(const quantised_t *in, int S, int K, const itf_block_t *b, i
     for (int g = 0; g < (N + 63) / 64; g++) itf_gemv_group(g, in->xq, in->sx, in->zp, S, K, b->w[i], b->wsum[i], b->ws[i], N, &ep, y);
 }
 
-/* x (S, D) fp32, in place. k, v: the cache, (L, H, cap, d) bf16 with the given layer and head strides; the
-   step's rows go to positions lo .. lo+S-1, attention reads positions 0 .. lo+S-1 with the additive (S, lo+S)
-   mask (NULL: all). d a multiple of 16 (<= 256), S <= 8. Returns 0, -1 without scratch memory, -2 for a
-   bad shape. */
-int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float eps, uint16_t *k, uint16_t *v,
-                 long layer_stride, long head_stride, int lo, const float *mask, int H, int d, float scale) {
-    if (d % 16 || d > 256 || S < 1 || S > 8 || H * d != D) return -2;
-    int n = lo + S, F = 4 * D, Dp = (D + 3) / 4 * 4, Fp = (F + 3) / 4 * 4;   /* rows padded to 4 bytes */
+/* x (S, D) fp32, in place: the rows of G requests (itf_group_t, kernels.h), each with its own bf16 cache; the
+   products run on all S rows at once (every weight read once per step, each row's result independent of the
+   others: per-row quantisation, exact int32 sums), the attention per request and head. d a multiple of 16
+   (<= 256), each group <= 8 rows. Returns 0, -1 without scratch memory, -2 for a bad shape. */
+int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float eps, int G, const itf_group_t *groups,
+                 int H, int d, float scale) {
+    if (d % 16 || d > 256 || S < 1 || G < 1 || H * d != D) return -2;
+    int F = 4 * D, Dp = (D + 3) / 4 * 4, Fp = (F + 3) / 4 * 4, total = 0;   /* rows padded to 4 bytes */
+    size_t scratch = 0;
+    int *first = malloc(sizeof(int) * (size_t)G);
+    size_t *at = malloc(sizeof(size_t) * (size_t)G);
+    if (!first || !at) { free(first); free(at); return -1; }
+    for (int g = 0; g < G; g++) {
+        const itf_group_t *gr = groups + g;
+        if (gr->rows < 1 || gr->rows > 8 || gr->lo < 0) { free(first); free(at); return -2; }
+        first[g] = total, at[g] = scratch;
+        total += gr->rows;
+        scratch += (size_t)H * gr->rows * (gr->lo + gr->rows + 16);
+    }
+    if (total != S) { free(first); free(at); return -2; }
     float *qkv = malloc(sizeof(float) * (size_t)S * 3 * D), *a = malloc(sizeof(float) * (size_t)S * D);
     float *h = malloc(sizeof(float) * (size_t)S * F), *xn = malloc(sizeof(float) * (size_t)S * D);
-    float *scores = malloc(sizeof(float) * (size_t)H * S * (n + 16));
+    float *scores = malloc(sizeof(float) * scratch);
     quantised_t in = {aligned_alloc(64, ((size_t)S * Fp + 63) / 64 * 64), malloc(sizeof(float) * S), malloc(sizeof(int32_t) * S)};
     int ok = qkv && a && h && xn && scores && in.xq && in.sx && in.zp;
     if (ok) {
         #pragma omp parallel
         for (int l = 0; l < L; l++) {
             const itf_block_t *b = blocks + l;
-            uint16_t *kl = k + (size_t)l * layer_stride, *vl = v + (size_t)l * layer_stride;
             #pragma omp single
             {
                 itf_layer_norm_rows(x, S, D, b->ln1_w, b->ln1_b, eps, xn);
@@ -57,16 +68,21 @@ int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float
             }
             product(&in, S, D, b, 0, 3 * D, NULL, 0, qkv);
             #pragma omp for schedule(static)
-            for (int hh = 0; hh < H; hh++) {       /* this head's new keys and values, then its attention */
-                for (int r = 0; r < S; r++)
+            for (int gh = 0; gh < G * H; gh++) {   /* one request's head: its new keys and values, its attention */
+                int g = gh / H, hh = gh % H, r0 = first[g], R = groups[g].rows, lo = groups[g].lo;
+                uint16_t *kl = (uint16_t *)groups[g].k + (size_t)l * groups[g].layer_stride;
+                uint16_t *vl = (uint16_t *)groups[g].v + (size_t)l * groups[g].layer_stride;
+                long hs = groups[g].head_stride;
+                for (int r = 0; r < R; r++)
                     for (int c = 0; c < d; c += 16) {
-                        const float *row = qkv + (size_t)r * 3 * D + hh * d + c;
-                        size_t at = (size_t)hh * head_stride + (size_t)(lo + r) * d + c;
-                        _mm256_storeu_si256((__m256i *)(kl + at), bf16_round(_mm512_loadu_ps(row + D)));
-                        _mm256_storeu_si256((__m256i *)(vl + at), bf16_round(_mm512_loadu_ps(row + 2 * D)));
+                        const float *row = qkv + (size_t)(r0 + r) * 3 * D + hh * d + c;
+                        size_t pos = (size_t)hh * hs + (size_t)(lo + r) * d + c;
+                        _mm256_storeu_si256((__m256i *)(kl + pos), bf16_round(_mm512_loadu_ps(row + D)));
+                        _mm256_storeu_si256((__m256i *)(vl + pos), bf16_round(_mm512_loadu_ps(row + 2 * D)));
                     }
-                itf_attend_head(hh, qkv, 3 * D, kl, vl, head_stride, n, mask, S, H, d, scale,
-                                scores + (size_t)hh * S * (n + 16), a);
+                int n = lo + R;
+                itf_attend_head(hh, qkv + (size_t)r0 * 3 * D, 3 * D, kl, vl, hs, n, groups[g].mask, R, H, d, scale,
+                                scores + at[g] + (size_t)hh * R * (n + 16), a + (size_t)r0 * D);
             }
             #pragma omp single
             itf_quantize_rows(a, S, D, Dp, in.xq, in.sx, in.zp);
@@ -82,6 +98,6 @@ int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float
             product(&in, S, F, b, 3, D, x, 0, x);
         }
     }
-    free(qkv); free(a); free(h); free(xn); free(scores); free(in.xq); free(in.sx); free(in.zp);
+    free(qkv); free(a); free(h); free(xn); free(scores); free(in.xq); free(in.sx); free(in.zp); free(first); free(at);
     return ok ? 0 : -1;
 }

@@ -6,6 +6,13 @@
 /* What is done to each output after the product: bias, then GELU or + residual (M, N). */
 typedef struct { const float *bias, *residual; int gelu; } epilogue_t;
 
+/* One request's rows in a batched decode step (kernels gpt_step.c, avx2.c): rows `rows` consecutive rows of x,
+   its own KV cache k, v ((L, H, cap, d), bf16 or fp32 by kernel) with the given layer and head strides; its new
+   keys/values go to positions lo .. lo+rows-1 and its attention reads 0 .. lo+rows-1 with its additive
+   (rows, lo+rows) mask (NULL: all). Each group's attention is its own: a row's result does not depend on the
+   other groups in the call. */
+typedef struct { int rows, lo; void *k, *v; long layer_stride, head_stride; const float *mask; } itf_group_t;
+
 void itf_layer_norm_rows(const float *x, int M, int K, const float *w, const float *b, float eps, float *out);
 void itf_quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, float *sx, int32_t *zp);
 void itf_gemv_group(int g, const uint8_t *xq, const float *sx, const int32_t *zp, int M, int K, const int8_t *wp,

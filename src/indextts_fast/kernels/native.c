@@ -182,33 +182,6 @@ static inline __m512 hsum16(const __m512 *v) {
     return _mm512_permutexvar_ps(order, f);
 }
 
-/* ---- fp32 GEMV of a one-row decode step ------------------------------------------------------------ */
-
-/* y (N) = W (N, K) · x (K) + bias, W fp32 row-major, K a multiple of 16: output rows in blocks of 16
-   across the threads (oneMKL's 1-row sgemv runs on one thread: half the memory bandwidth of two cores;
-   its 2+ row GEMM uses both). Each output is a 16-lane partial sum over k in order, then the lanes added
-   (hsum16): a float rounding away from oneMKL's order. */
-int itf_gemv_f32(const float *x, int K, const float *w, const float *bias, int N, float *y) {
-    if (K % 16) return -2;
-    int blocks = (N + 15) / 16;
-    #pragma omp parallel for schedule(static)
-    for (int blk = 0; blk < blocks; blk++) {
-        int n0 = blk * 16, nn = N - n0 < 16 ? N - n0 : 16;
-        __mmask16 valid = (__mmask16)((1u << nn) - 1);
-        __m512 acc[16];
-        for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
-        for (int k = 0; k < K; k += 16) {
-            __m512 xv = _mm512_loadu_ps(x + k);
-            for (int j = 0; j < nn; j++)
-                acc[j] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w + (size_t)(n0 + j) * K + k), acc[j]);
-        }
-        __m512 r = hsum16(acc);
-        if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(valid, bias + n0));
-        _mm512_mask_storeu_ps(y + n0, valid, r);
-    }
-    return 0;
-}
-
 /* out (S, H·d) fp32 = softmax(scale · q·Kᵀ + mask) · V for each row and head.
    q (S, H, d) fp32, rows q_stride floats apart; K, V: the layer's (H, cap, d) bf16 cache (head stride
    cap·d), first n keys used; mask (S, n) additive fp32 (0 / -inf) or NULL. d a multiple of 16 (<= 256),

@@ -12,7 +12,8 @@ import torch
 
 from . import portable
 
-ROWS = 8   # the row-wise products below serve decode steps (one row per beam); more rows go to a GEMM
+ROWS = 64   # the row-wise products below serve decode steps (a row per beam of every request in the step)
+ATTEND_ROWS = 8   # the decode attention's rows (one request's beams)
 
 
 def _rows_ok(x: torch.Tensor, k: int) -> bool:
@@ -60,22 +61,6 @@ def gemm_f32_rows(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]
     if lib.itf_gemm_f32_rows(x.data_ptr(), x.shape[0], x.shape[1], w.data_ptr(), None,
                              None if bias is None else bias.data_ptr(), w.shape[0], y.data_ptr()):
         raise ValueError(f"gemm_f32_rows: bad shapes x {tuple(x.shape)}, w {tuple(w.shape)}")
-    return y
-
-
-def gemv_f32(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """x·wᵀ + bias for ONE fp32 row (1, K), K % 16 == 0, and a contiguous fp32 w (N, K) on every core: native.c's
-    AVX-512 GEMV (AVX-512 VNNI tiers; oneMKL's one-row sgemv uses one core). None where it does not qualify."""
-    from . import load
-
-    lib = load()
-    if lib is None or not _rows_ok(x, w.shape[1]) or x.shape[0] != 1 or x.shape[1] % 16 or w.dtype != torch.float32 \
-            or not w.is_contiguous() or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous())):
-        return None
-    y = torch.empty(1, w.shape[0])
-    if lib.itf_gemv_f32(x.data_ptr(), x.shape[1], w.data_ptr(), None if bias is None else bias.data_ptr(),
-                        w.shape[0], y.data_ptr()):
-        return None
     return y
 
 
@@ -220,7 +205,7 @@ def attend_bf16(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: int, 
     lib = _full()
     s = qkv.shape[0]
     if lib is None or not qkv.is_contiguous() or qkv.dtype != torch.float32 or k.dtype != torch.bfloat16 \
-            or head_dim % 16 or head_dim > 256 or s > ROWS:
+            or head_dim % 16 or head_dim > 256 or s > ATTEND_ROWS:
         return None
     out = torch.empty(s, heads * head_dim)
     if lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], k.data_ptr(), v.data_ptr(), k.stride(0), keys,

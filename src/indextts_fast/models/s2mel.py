@@ -21,6 +21,7 @@ the regulator's `embedding` and `mask_token`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -103,7 +104,17 @@ class FlowMatching(nn.Module):
         prompt frames are ignored; the tensor is not modified); without it the draw uses `generator`, or the
         global RNG like the official code. The official infer_v2 hard-codes n_steps 25 and cfg_rate 0.7. cfg_rate > 0 runs the
         conditional and the unconditional (all-zero prompt, style and content) estimates as one batch of two.
+        `begin` + `advance` until `Euler.done`: the same, one step at a time (a scheduler interleaves requests).
         """
+        state = self.begin(mu, x_lens, prompt, style, n_steps, cfg_rate, noise, generator, temperature)
+        while not state.done:
+            self.advance(state)
+        return state.x
+
+    def begin(self, mu: Tensor, x_lens: Union[Tensor, int], prompt: Tensor, style: Tensor, n_steps: int,
+              cfg_rate: float = 0.7, noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+              temperature: float = 1.0) -> "Euler":
+        """Check the inputs, draw the starting noise: an `Euler` state at step 0 (arguments as `inference`)."""
         if n_steps < 1:
             raise OptionError(f"diffusion steps must be >= 1, got {n_steps}")
         if cfg_rate < 0:
@@ -123,8 +134,6 @@ class FlowMatching(nn.Module):
             z = torch.randn(shape, device=mu.device, dtype=mu.dtype)
         x = z * temperature
         x_lens = torch.as_tensor(x_lens, device=mu.device).reshape(-1)
-        t_span = torch.linspace(0, 1, n_steps + 1, device=mu.device)
-
         prompt_x = torch.zeros_like(x)
         prompt_x[..., :prompt_len] = prompt
         x[..., :prompt_len] = 0
@@ -132,20 +141,46 @@ class FlowMatching(nn.Module):
             prompt_x = torch.cat([prompt_x, torch.zeros_like(prompt_x)])
             style = torch.cat([style, torch.zeros_like(style)])
             mu = torch.cat([mu, torch.zeros_like(mu)])
-        t = t_span[0]
-        # The official update is x = x + dt·v, then x[..., :prompt_len] = 0: the prompt frames stay 0 and
-        # their velocity is never used, so only the other frames' is computed (DiT.forward's from_frame).
-        for step in range(1, n_steps + 1):
-            dt = t_span[step] - t_span[step - 1]
-            if cfg_rate > 0:
-                v = self.estimator(torch.cat([x, x]), prompt_x, x_lens, t.expand(2 * B), style, mu, prompt_len)
-                v_cond, v_uncond = v.chunk(2, dim=0)
-                v = (1.0 + cfg_rate) * v_cond - cfg_rate * v_uncond
-            else:
-                v = self.estimator(x, prompt_x, x_lens, t.unsqueeze(0), style, mu, prompt_len)
-            x[..., prompt_len:] += dt * v
-            t = t + dt  # accumulated in float32, not read from t_span (official)
-        return x
+        t_span = torch.linspace(0, 1, n_steps + 1, device=mu.device)
+        return Euler(x, prompt_x, x_lens, style, mu, prompt_len, cfg_rate, t_span, t_span[0])
+
+    def advance(self, s: "Euler") -> None:
+        """One Euler step of the flow (the official update is x = x + dt·v, then x[..., :prompt_len] = 0: the
+        prompt frames stay 0 and their velocity is never used, so only the other frames' is computed:
+        DiT.forward's from_frame)."""
+        s.step += 1
+        dt = s.t_span[s.step] - s.t_span[s.step - 1]
+        B = s.x.shape[0]
+        if s.cfg_rate > 0:
+            v = self.estimator(torch.cat([s.x, s.x]), s.prompt_x, s.x_lens, s.t.expand(2 * B), s.style, s.mu,
+                               s.prompt_len)
+            v_cond, v_uncond = v.chunk(2, dim=0)
+            v = (1.0 + s.cfg_rate) * v_cond - s.cfg_rate * v_uncond
+        else:
+            v = self.estimator(s.x, s.prompt_x, s.x_lens, s.t.unsqueeze(0), s.style, s.mu, s.prompt_len)
+        s.x[..., s.prompt_len:] += dt * v
+        s.t = s.t + dt  # accumulated in float32, not read from t_span (official)
+
+
+@dataclass
+class Euler:
+    """The flow's state between two steps: x (B, 80, T) at time t after `step` of len(t_span) - 1 steps, and
+    the constant inputs of every step (the CFG batch's halves included)."""
+
+    x: Tensor
+    prompt_x: Tensor
+    x_lens: Tensor
+    style: Tensor
+    mu: Tensor
+    prompt_len: int
+    cfg_rate: float
+    t_span: Tensor
+    t: Tensor
+    step: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.step == len(self.t_span) - 1
 
 
 class S2Mel(nn.Module):
