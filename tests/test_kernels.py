@@ -174,25 +174,39 @@ def test_whole_decode_step_kernel_matches_the_block_by_block_path(tiny_dir, text
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows,heads,d,n", [(1, 4, 16, 37), (3, 20, 64, 37), (3, 20, 64, 48), (8, 2, 32, 70)])
+@pytest.mark.parametrize("rows,heads,d,n", [(1, 4, 16, 37), (3, 20, 64, 37), (3, 20, 64, 48), (8, 2, 32, 70),
+                                            (12, 2, 64, 75)])
 def test_decode_attention_matches_sdpa(rows, heads, d, n):
+    """Each row attends its own list of positions (its prompt and ancestry): the same as SDPA with the mask of
+    those positions, and a row's result is the same bits alone as among the other rows."""
     g = torch.Generator().manual_seed(rows * 7 + d + n)
     cap = 80
     K = torch.randn(heads, cap, d, generator=g).bfloat16()
     V = torch.randn(heads, cap, d, generator=g).bfloat16()
     qkv = torch.randn(rows, 3 * heads * d, generator=g)
-    allowed = torch.rand(rows, n, generator=g) > 0.4
-    allowed[:, -1] = True
-    mask = torch.zeros(rows, n).masked_fill_(~allowed, float("-inf")) if rows > 1 else None
-    out = torch.empty(rows, heads * d)
+    L = n if rows == 1 else n * 2 // 3
+    keys = None if rows == 1 else torch.stack([torch.randperm(n, generator=g)[:L].sort().values
+                                               for _ in range(rows)]).int()
     lib = kernels.load()
-    assert lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], K.data_ptr(), V.data_ptr(), K.stride(0), n,
-                               None if mask is None else mask.data_ptr(), rows, heads, d, d ** -0.5,
-                               out.data_ptr()) == 0
+
+    def attend(q, ks):
+        out = torch.empty(q.shape[0], heads * d)
+        assert lib.itf_attend_bf16(q.data_ptr(), q.shape[1], K.data_ptr(), V.data_ptr(), K.stride(0), L,
+                                   None if ks is None else ks.data_ptr(), q.shape[0], heads, d, d ** -0.5,
+                                   out.data_ptr()) == 0
+        return out
+
+    out = attend(qkv, keys)
+    mask = None
+    if keys is not None:
+        mask = torch.full((rows, n), float("-inf")).scatter_(1, keys.long(), 0.0)
     q = qkv[:, :heads * d].view(rows, heads, d).transpose(0, 1)[None]          # (1, H, S, d)
     want = F.scaled_dot_product_attention(q, K[None, :, :n].float(), V[None, :, :n].float(),
-                                          attn_mask=None if mask is None else mask)[0].transpose(0, 1)
+                                          attn_mask=mask)[0].transpose(0, 1)
     assert float((out - want.reshape(rows, -1)).abs().max()) < 1e-5 * float(want.abs().max()) + 1e-6
+    for r in (0, rows - 1):
+        alone = attend(qkv[r:r + 1].contiguous(), None if keys is None else keys[r:r + 1].contiguous())
+        assert torch.equal(alone, out[r:r + 1])
     assert lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], K.data_ptr(), V.data_ptr(), K.stride(0), n,
                                None, rows, heads, 12, 1.0, out.data_ptr()) == -2     # head width not / 16
 

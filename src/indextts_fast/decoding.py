@@ -111,7 +111,9 @@ class KVCache:
         self.prefix_valid: Optional[torch.Tensor] = None      # (P+1,) bool, None when nothing is padded
         self.capacity = 0                      # generated steps the buffers hold
         self.length = 0                        # generated steps stored
-        self.mask: Optional[torch.Tensor] = None               # (S, keys) for the current step
+        self.mask: Optional[torch.Tensor] = None               # (S, keys) for the current step (SDPA)
+        self.keys: Optional[torch.Tensor] = None               # (S, L) int32 positions each row attends (kernels)
+        self.n_keys = 0                                        # L (every row attends as many positions)
 
     def _allocate(self, capacity: int) -> None:
         size = self.prefix + capacity * self.rows
@@ -150,7 +152,7 @@ class KVCache:
         self.k[layer, :, lo:lo + s] = k.transpose(0, 1)
         self.v[layer, :, lo:lo + s] = v.transpose(0, 1)
         end = lo + s
-        out = ops.attend_bf16(qkv, self.k[layer], self.v[layer], end, self.mask, self.heads, self.head_dim) \
+        out = ops.attend_bf16(qkv, self.k[layer], self.v[layer], self.n_keys, self.keys, self.heads, self.head_dim) \
             if self.kernel else None
         if out is not None:
             return out
@@ -165,24 +167,28 @@ class KVCache:
         t, s = self.length, self.rows
         self.slots[:, t] = t * s + torch.arange(s, device=self.device)
         if s == 1 and self.prefix_valid is None:
-            self.mask = None                   # one row sees every cached position
+            self.mask, self.keys, self.n_keys = None, None, self.prefix + t + 1   # one row sees every position
             return
+        # each row: the valid prompt positions, then its own ancestry (cache order): the kernels' key lists
+        prompt = torch.arange(self.prefix, device=self.device, dtype=torch.int32)
+        if self.prefix_valid is not None:
+            prompt = prompt[self.prefix_valid]
+        self.keys = torch.cat((prompt.expand(s, -1), self.prefix + self.slots[:, :t + 1].int()), dim=1).contiguous()
+        self.n_keys = self.keys.shape[1]
         mask = torch.zeros(s, self.prefix + (t + 1) * s, dtype=torch.bool, device=self.device)
-        mask[:, :self.prefix] = True if self.prefix_valid is None else self.prefix_valid
-        mask.scatter_(1, self.prefix + self.slots[:, :t + 1], True)
+        mask.scatter_(1, self.keys.long(), True)
         # additive form (0 / -inf) in the cache dtype, made once per step: what SDPA would otherwise derive
         # from the boolean mask in every one of the layers
-        dtype = torch.float32 if self.kernel else self.dtype   # the C attention takes an fp32 mask
-        self.mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(~mask, -math.inf)
+        self.mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(~mask, -math.inf)
 
 
 def _attention_kernel(cache: KVCache) -> bool:
     """Whether kernels/native.c's attention reads this cache (kernels.ops.attend_bf16): bf16 on the CPU, the
-    head width a multiple of 16, at most 8 rows (beams), the AVX-512 library loaded."""
+    head width a multiple of 16, the AVX-512 library loaded."""
     from .kernels import load
 
     return cache.dtype == torch.bfloat16 and cache.device.type == "cpu" and cache.head_dim % 16 == 0 \
-        and cache.head_dim <= 256 and cache.rows <= 8 and load() is not None
+        and cache.head_dim <= 256 and load() is not None
 
 
 def prefill(model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, cache: KVCache) -> torch.Tensor:

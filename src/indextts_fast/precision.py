@@ -361,25 +361,26 @@ def _block_table(model: nn.Module):
 class _Group(ctypes.Structure):
     """kernels.h's itf_group_t: one request's rows in a batched decode step, with its own KV cache."""
     _fields_ = [("rows", ctypes.c_int), ("lo", ctypes.c_int), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p),
-                ("layer_stride", ctypes.c_long), ("head_stride", ctypes.c_long), ("mask", ctypes.c_void_p)]
+                ("layer_stride", ctypes.c_long), ("head_stride", ctypes.c_long), ("keys", ctypes.c_void_p),
+                ("n_keys", ctypes.c_int)]
 
 
 def _groups(caches) -> ctypes.Array:
     """The itf_group_t array of a step's caches (decoding.KVCache, begin_step done): rows, where the new
-    keys go, the cache buffers and the step's additive mask."""
+    keys go, the cache buffers and the positions each row attends."""
     table = (_Group * len(caches))()
     for g, c in zip(table, caches):
         g.rows, g.lo = c.rows, c.prefix + c.length * c.rows
         g.k, g.v, g.layer_stride, g.head_stride = c.k.data_ptr(), c.v.data_ptr(), c.k.stride(0), c.k.stride(1)
-        g.mask = None if c.mask is None else c.mask.data_ptr()
+        g.keys, g.n_keys = (None if c.keys is None else c.keys.data_ptr()), c.n_keys
     return table
 
 
-def _fused_step(fn, model: nn.Module, x: torch.Tensor, caches, table) -> Optional[torch.Tensor]:
+def _fused_step(fn, model: nn.Module, x: torch.Tensor, caches, table, *extra) -> Optional[torch.Tensor]:
     blocks, c = model.gpt.h, caches[0]
     x = x.contiguous().clone()
     rc = fn(x.data_ptr(), x.shape[0], x.shape[1], len(blocks), ctypes.addressof(table), blocks[0].ln_1.eps,
-            len(caches), _groups(caches), c.heads, c.head_dim, c.head_dim ** -0.5)
+            len(caches), _groups(caches), c.heads, c.head_dim, c.head_dim ** -0.5, *extra)
     if rc == -2:
         return None
     if rc:
@@ -401,7 +402,7 @@ def fused_int8_decode(model: nn.Module, x: torch.Tensor, caches) -> Optional[tor
     if table is None or lib is None or not all(c.kernel for c in caches) or \
             not (x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu"):
         return None
-    return _fused_step(lib.itf_gpt_step, model, x, caches, table)
+    return _fused_step(lib.itf_gpt_step, model, x, caches, table, int(lib.amx_int8))
 
 
 class _BlockW8(ctypes.Structure):
@@ -429,8 +430,7 @@ def fused_w8_decode(model: nn.Module, x: torch.Tensor, caches) -> Optional[torch
     table = model.__dict__.get("_w8_block_table")
     lib = portable()
     if table is None or lib is None or not (x.dim() == 2 and x.dtype == torch.float32) or any(
-            c.dtype != torch.float32 or c.k.device.type != "cpu" or
-            (c.mask is not None and (c.mask.dtype != torch.float32 or not c.mask.is_contiguous())) for c in caches):
+            c.dtype != torch.float32 or c.k.device.type != "cpu" for c in caches):
         return None
     return _fused_step(lib.itf_gpt_step_w8, model, x, caches, table)
 

@@ -16,6 +16,7 @@ BENCHES = {
     "vocoder": "vocoder",
     "text": "text",
     "serve": "serve",
+    "batch": "batch",
 }
 
 

@@ -17,8 +17,8 @@ full one (every source, for AVX-512 VNNI CPUs), so that avx2.c's kernels exist o
 - `itf_gpt_step` (gpt_step.c): a whole int8 GPT-2 decode step (every block: the GEMVs above around the
   attention below, new keys/values written to the bf16 cache) in one call and one parallel region, for the
   rows of one or several requests (a batched step: products on all rows, attention per request's cache).
-- `itf_attend_bf16`: one decode step's attention over a bf16 KV cache (S query rows, additive mask),
-  every cached key read once for all rows, masked-out positions skipped.
+- `itf_attend_bf16`: one decode step's attention over a bf16 KV cache (S query rows, each over its own key list),
+  a row reading only its own prompt and ancestry (its result the same whatever the other rows).
 - `itf_adaln_rms_bf16`, `itf_rope_bf16`, `itf_silu_mul_bf16`, `itf_wavenet_gate_bf16`: the elementwise
   chains of a bf16 DiT step (AdaLN-RMS norm + modulation, rotary embedding from the strided q|k, SwiGLU
   gate, WaveNet tanh·sigmoid gate), one pass each.
@@ -165,7 +165,7 @@ def load() -> Optional[ctypes.CDLL]:
     fn.argtypes = [ptr, i32, i32, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, i32, ptr, i32, ptr]
     att = lib.itf_attend_bf16
     att.restype = ctypes.c_int
-    # q, q row stride, K, V, head stride, keys, mask, S, H, d, scale, out
+    # q, q row stride, K, V, head stride, keys per row, key lists (or NULL), S, H, d, scale, out
     att.argtypes = [ptr, ctypes.c_long, ptr, ptr, ctypes.c_long, i32, ptr, i32, i32, i32, ctypes.c_float, ptr]
     u16, f32 = ptr, ctypes.c_float
     lib.itf_silu_mul_bf16.restype = None
@@ -189,10 +189,11 @@ def load() -> Optional[ctypes.CDLL]:
     long = ctypes.c_long  # q, k, v each with (batch, head, time) strides, key lengths, B, H, T, d, scale,
     #                       out + strides, RoPE table (or None), amx
     dit_att.argtypes = [ptr, long, long, long] * 3 + [ptr, i32, i32, i32, i32, f32, ptr, long, long, long, ptr, i32]
-    step = lib.itf_gpt_step  # x, rows, D, blocks, block table, eps, groups, group table, H, d, scale
+    step = lib.itf_gpt_step  # x, rows, D, blocks, block table, eps, groups, group table, H, d, scale, amx
     step.restype = ctypes.c_int
-    step.argtypes = [ptr, i32, i32, i32, ptr, f32, i32, ptr, i32, i32, f32]
+    step.argtypes = [ptr, i32, i32, i32, ptr, f32, i32, ptr, i32, i32, f32, i32]
     lib.amx = cpu_supports(AMX_FLAGS) and lib.itf_amx_init() == 0   # the AMX tiles may only be used when this holds
+    lib.amx_int8 = lib.amx and cpu_supports(("amx_int8",))           # TDPBUSD (the batched int8 decode step)
     lib.bf16_dot = cpu_supports(BF16_DOT_FLAGS)                      # VDPBF16PS
     return lib
 

@@ -27,7 +27,7 @@ typedef struct {
 } tile_config;
 
 __attribute__((target("amx-tile,amx-bf16")))
-static void configure_tiles(void) {   /* tiles 0-7: 16 rows x 64 bytes (16 x 32 bf16 or 16 x 16 fp32) */
+void itf_amx_tiles(void) {   /* tiles 0-7: 16 rows x 64 bytes (16 x 32 bf16 or 16 x 16 fp32) */
     tile_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -241,9 +241,10 @@ static void query_block_avx512(const uint16_t *q, long qst, int rows, const floa
 }
 
 __attribute__((target("amx-tile,amx-bf16")))
-static void tiles_on(void) { configure_tiles(); }
+static void tiles_on(void) { itf_amx_tiles(); }
 __attribute__((target("amx-tile,amx-bf16")))
-static void tiles_off(void) { _tile_release(); }
+void itf_amx_release(void) { _tile_release(); }
+static void tiles_off(void) { itf_amx_release(); }
 
 /* q, k, v, out: (B, H, T, 64) bf16 with strides in elements (batch, head, time; d contiguous); key_len:
    B valid-key counts (1..T) or NULL for all; rope: NULL, or the (T, 32, 2) fp32 [cos, sin] table that q

@@ -325,39 +325,39 @@ static void step_product(const int16_t *xq, const float *xs, int S, int K, const
     }
 }
 
-/* Head hh of the step's attention: the S query rows of qkv (row stride 3D) over cache positions 0 .. n-1 of
-   k, v (this layer's (H, cap, d) with head stride hs), with the additive (S, n) mask (NULL: none);
-   out (S, D) at this head's columns. sc: scratch of S·(n + 8) floats. */
-static void attend_head(int hh, const float *qkv, int D, const float *k, const float *v, long hs, int n,
-                        const float *mask, int S, int d, float scale, float *sc, float *out) {
+/* Head hh of the step's attention: the S query rows of qkv (row stride 3D) over this layer's k, v ((H, cap, d)
+   with head stride hs); row r attends the L positions keys[r·L ..] (NULL: 0 .. L-1), as native.c's
+   itf_attend_head. out (S, D) at this head's columns. sc: scratch of L + 8 floats. */
+static void attend_head(int hh, const float *qkv, int D, const float *k, const float *v, long hs, int L,
+                        const int32_t *keys, int S, int d, float scale, float *sc, float *out) {
     const float *kh = k + (size_t)hh * hs, *vh = v + (size_t)hh * hs;
     for (int r = 0; r < S; r++) {
         const float *q = qkv + (size_t)r * 3 * D + hh * d;
-        const float *mr = mask ? mask + (size_t)r * n : NULL;
-        float *s = sc + (size_t)r * (n + 8), mx = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            if (mr && mr[j] == -INFINITY) { s[j] = -INFINITY; continue; }
+        const int32_t *idx = keys ? keys + (size_t)r * L : NULL;
+        float mx = -INFINITY;
+        for (int j = 0; j < L; j++) {
+            const float *kr = kh + (size_t)(idx ? idx[j] : j) * d;
             __m256 acc = _mm256_setzero_ps();
-            for (int c = 0; c < d; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(kh + (size_t)j * d + c), acc);
-            s[j] = hsum8(acc) * scale + (mr ? mr[j] : 0.f);
-            mx = s[j] > mx ? s[j] : mx;
+            for (int c = 0; c < d; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(kr + c), acc);
+            sc[j] = hsum8(acc) * scale;
+            mx = sc[j] > mx ? sc[j] : mx;
         }
-        int n8 = n & ~7;
+        int n8 = L & ~7;
         __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
         for (int j = 0; j < n8; j += 8) {
-            __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
-            _mm256_storeu_ps(s + j, e);
+            __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmx));
+            _mm256_storeu_ps(sc + j, e);
             vsum = _mm256_add_ps(vsum, e);
         }
         float sum = hsum8(vsum);
-        for (int j = n8; j < n; j++) { s[j] = s[j] == -INFINITY ? 0.f : expf(s[j] - mx); sum += s[j]; }
+        for (int j = n8; j < L; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
         float inv = 1.f / sum;
         __m256 o[32];   /* d <= 256 */
         for (int c = 0; c < d / 8; c++) o[c] = _mm256_setzero_ps();
-        for (int j = 0; j < n; j++) {
-            if (s[j] == 0.f) continue;
-            __m256 p = _mm256_set1_ps(s[j]);
-            for (int c = 0; c < d / 8; c++) o[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vh + (size_t)j * d + 8 * c), o[c]);
+        for (int j = 0; j < L; j++) {
+            const float *vr = vh + (size_t)(idx ? idx[j] : j) * d;
+            __m256 p = _mm256_set1_ps(sc[j]);
+            for (int c = 0; c < d / 8; c++) o[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), o[c]);
         }
         for (int c = 0; c < d / 8; c++)
             _mm256_storeu_ps(out + (size_t)r * D + hh * d + 8 * c, _mm256_mul_ps(o[c], _mm256_set1_ps(inv)));
@@ -380,7 +380,8 @@ int itf_gpt_step_w8(float *x, int S, int D, int L, const itf_block_w8_t *blocks,
         if (groups[g].rows < 1 || groups[g].lo < 0) { free(first); free(at); return -2; }
         first[g] = total, at[g] = scratch;
         total += groups[g].rows;
-        scratch += (size_t)H * groups[g].rows * (groups[g].lo + groups[g].rows + 8);
+        if (groups[g].nkeys < 1 || groups[g].nkeys > groups[g].lo + groups[g].rows) { free(first); free(at); return -2; }
+        scratch += (size_t)H * (groups[g].nkeys + 8);
     }
     if (total != S) { free(first); free(at); return -2; }
     float *qkv = malloc(sizeof(float) * (size_t)S * 3 * D), *a = malloc(sizeof(float) * (size_t)S * D);
@@ -409,9 +410,9 @@ int itf_gpt_step_w8(float *x, int S, int D, int L, const itf_block_w8_t *blocks,
                     memcpy(kl + pos, qkv + (size_t)(r0 + r) * 3 * D + D + hh * d, sizeof(float) * d);
                     memcpy(vl + pos, qkv + (size_t)(r0 + r) * 3 * D + 2 * D + hh * d, sizeof(float) * d);
                 }
-                int n = lo + R;
-                attend_head(hh, qkv + (size_t)r0 * 3 * D, D, kl, vl, hs, n, groups[g].mask, R, d, scale,
-                            sc + at[g] + (size_t)hh * R * (n + 8), a + (size_t)r0 * D);
+                int L = groups[g].nkeys;
+                attend_head(hh, qkv + (size_t)r0 * 3 * D, D, kl, vl, hs, L, groups[g].keys, R, d, scale,
+                            sc + at[g] + (size_t)hh * (L + 8), a + (size_t)r0 * D);
             }
             #pragma omp single
             quantize_rows_i16(a, S, D, xq, xs);

@@ -139,6 +139,37 @@ void itf_gemv_group(int g, const uint8_t *xq, const float *sx, const int32_t *zp
     }
 }
 
+/* Outputs g*64 .. g*64+63 of every row on AMX: per block of 16 rows, four 16x16 int32 C tiles (one per 16
+   outputs) accumulate A (16 rows x 64 k of xq) times B (16 k-quads x 16 outputs: pack_vnni's layout is
+   already the B tile's, 256 bytes between k-quads). Exact integer sums like VPDPBUSD's, then store16. */
+__attribute__((target("amx-tile,amx-int8")))
+void itf_gemv_group_amx(int g, const uint8_t *xq, const float *sx, const int32_t *zp, int M, int K, const int8_t *wp,
+                        const int32_t *wsum, const float *ws, int N, const epilogue_t *ep, float *y) {
+    int K4 = K / 4;
+    const int8_t *w = wp + (size_t)g * K4 * 256;
+    int32_t acc[4][16][16];
+    for (int m0 = 0; m0 < M; m0 += 16) {
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (int k4 = 0; k4 < K4; k4 += 16) {
+            const int8_t *b = w + (size_t)k4 * 256;
+            _tile_loadd(4, xq + (size_t)m0 * K + 4 * k4, K);
+            _tile_loadd(5, b, 256);
+            _tile_loadd(6, b + 64, 256);
+            _tile_dpbusd(0, 4, 5);
+            _tile_loadd(7, b + 128, 256);
+            _tile_dpbusd(1, 4, 6);
+            _tile_loadd(5, b + 192, 256);
+            _tile_dpbusd(2, 4, 7);
+            _tile_dpbusd(3, 4, 5);
+        }
+        _tile_stored(0, acc[0], 64); _tile_stored(1, acc[1], 64);
+        _tile_stored(2, acc[2], 64); _tile_stored(3, acc[3], 64);
+        for (int r = 0; r < 16 && m0 + r < M; r++)
+            for (int blk = 0; blk < 4; blk++)
+                store16(_mm512_loadu_si512(acc[blk][r]), g * 64 + 16 * blk, m0 + r, N, wsum, ws, ep, sx, zp, y);
+    }
+}
+
 /* y (M, N) = epilogue(LN?(x) (M, K) · Wᵀ): ln_w/ln_b (K) or NULL for no LayerNorm; ws, wsum, bias padded
    to G*64 entries; residual (M, N) or NULL (may be y itself); gelu 0/1. Returns 0, or -1 when scratch
    memory is not available. */
@@ -182,96 +213,100 @@ static inline __m512 hsum16(const __m512 *v) {
     return _mm512_permutexvar_ps(order, f);
 }
 
-/* out (S, H·d) fp32 = softmax(scale · q·Kᵀ + mask) · V for each row and head.
-   q (S, H, d) fp32, rows q_stride floats apart; K, V: the layer's (H, cap, d) bf16 cache (head stride
-   cap·d), first n keys used; mask (S, n) additive fp32 (0 / -inf) or NULL. d a multiple of 16 (<= 256),
-   S <= 8. Each key and value is read and converted once for all rows (scores of 16 keys at a time,
-   reduced together); masked-out values are skipped. One head h, sc: its scratch of S·(n + 16) floats: */
+/* out (S, H·d) fp32 = softmax(scale · q·K[keys]ᵀ) · V[keys] for each row and head h: row r attends the L cache
+   positions keys[r·L .. r·L+L-1] (its prompt and its own ancestry, in cache order), or 0 .. L-1 when keys is
+   NULL. q (S, H, d) fp32, rows q_stride floats apart; K, V: the layer's (H, cap, d) bf16 cache (head stride
+   cap·d). d a multiple of 16 (<= 256). Row by row: scores of 16 keys at a time (one transpose-and-add), an
+   exact softmax, then P·V; a row reads only its own keys, so its result does not depend on the other rows
+   (or requests) of the step, and a beam costs its own history, not the whole cache. sc: L + 16 floats. */
+static inline __attribute__((always_inline)) void attend_row(const float *q, const uint16_t *Kh, const uint16_t *Vh,
+                                                             int L, const int32_t *idx, int d, const int nv,
+                                                             float scale, float *sc, float *o) {
+    __m512 qv[16];
+    for (int c = 0; c < nv; c++) qv[c] = _mm512_loadu_ps(q + 16 * c);
+    int j = 0;
+    for (; j + 16 <= L; j += 16) {          /* 16 keys: products, then one transpose-and-add */
+        __m512 prod[16];
+        for (int jj = 0; jj < 16; jj++) {
+            const uint16_t *kr = Kh + (size_t)(idx ? idx[j + jj] : j + jj) * d;
+            if (j + jj + 16 < L)   /* the gathered rows are no stream the hardware prefetcher follows */
+                for (int c = 0; c < d; c += 32)
+                    _mm_prefetch((const char *)(Kh + (size_t)(idx ? idx[j + jj + 16] : j + jj + 16) * d + c), _MM_HINT_T0);
+            prod[jj] = _mm512_mul_ps(qv[0], load_bf16x16(kr));
+            for (int c = 1; c < nv; c++) prod[jj] = _mm512_fmadd_ps(qv[c], load_bf16x16(kr + 16 * c), prod[jj]);
+        }
+        _mm512_storeu_ps(sc + j, _mm512_mul_ps(hsum16(prod), _mm512_set1_ps(scale)));
+    }
+    for (; j < L; j++) {                    /* the last < 16 keys one by one */
+        const uint16_t *kr = Kh + (size_t)(idx ? idx[j] : j) * d;
+        __m512 acc = _mm512_mul_ps(qv[0], load_bf16x16(kr));
+        for (int c = 1; c < nv; c++) acc = _mm512_fmadd_ps(qv[c], load_bf16x16(kr + 16 * c), acc);
+        sc[j] = _mm512_reduce_add_ps(acc) * scale;
+    }
+    __m512 vmx = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();   /* softmax, 16 at a time */
+    for (int k = 0; k < L; k += 16) {
+        __mmask16 m = L - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (L - k)) - 1);
+        vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, sc + k));
+    }
+    __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
+    for (int k = 0; k < L; k += 16) {
+        __mmask16 m = L - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (L - k)) - 1);
+        __m512 e = _mm512_maskz_mov_ps(m, exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + k), mx)));
+        vsum = _mm512_add_ps(vsum, e);
+        _mm512_mask_storeu_ps(sc + k, m, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum));
+    __m512 a0[16], a1[16];                  /* even and odd keys: two FMA chains per column block */
+    for (int c = 0; c < nv; c++) a0[c] = a1[c] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 2 <= L; k += 2) {
+        const uint16_t *v0 = Vh + (size_t)(idx ? idx[k] : k) * d, *v1 = Vh + (size_t)(idx ? idx[k + 1] : k + 1) * d;
+        if (k + 17 < L)
+            for (int c = 0; c < d; c += 32) {
+                _mm_prefetch((const char *)(Vh + (size_t)(idx ? idx[k + 16] : k + 16) * d + c), _MM_HINT_T0);
+                _mm_prefetch((const char *)(Vh + (size_t)(idx ? idx[k + 17] : k + 17) * d + c), _MM_HINT_T0);
+            }
+        __m512 p0 = _mm512_set1_ps(sc[k]), p1 = _mm512_set1_ps(sc[k + 1]);
+        for (int c = 0; c < nv; c++) {
+            a0[c] = _mm512_fmadd_ps(p0, load_bf16x16(v0 + 16 * c), a0[c]);
+            a1[c] = _mm512_fmadd_ps(p1, load_bf16x16(v1 + 16 * c), a1[c]);
+        }
+    }
+    if (k < L) {
+        const uint16_t *v0 = Vh + (size_t)(idx ? idx[k] : k) * d;
+        __m512 p0 = _mm512_set1_ps(sc[k]);
+        for (int c = 0; c < nv; c++) a0[c] = _mm512_fmadd_ps(p0, load_bf16x16(v0 + 16 * c), a0[c]);
+    }
+    for (int c = 0; c < nv; c++) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(_mm512_add_ps(a0[c], a1[c]), inv));
+}
+
 void itf_attend_head(int h, const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride,
-                     int n, const float *mask, int S, int H, int d, float scale, float *sc, float *out) {
-    int nv = d / 16;
-    {
-        const uint16_t *Kh = K + (size_t)h * head_stride, *Vh = V + (size_t)h * head_stride;
-        __m512 qv[8][16];
-        for (int r = 0; r < S; r++)
-            for (int c = 0; c < nv; c++) qv[r][c] = _mm512_loadu_ps(q + (size_t)r * q_stride + (size_t)h * d + 16 * c);
-        int j = 0;
-        for (; j + 16 <= n; j += 16) {          /* 16 keys: products, then one transpose-and-add per row */
-            __m512 prod[8][16];
-            for (int jj = 0; jj < 16; jj++) {
-                const uint16_t *kr = Kh + (size_t)(j + jj) * d;
-                for (int r = 0; r < S; r++) prod[r][jj] = _mm512_setzero_ps();
-                for (int c = 0; c < nv; c++) {
-                    __m512 kc = load_bf16x16(kr + 16 * c);
-                    for (int r = 0; r < S; r++) prod[r][jj] = _mm512_fmadd_ps(qv[r][c], kc, prod[r][jj]);
-                }
-            }
-            for (int r = 0; r < S; r++) {
-                __m512 s = _mm512_mul_ps(hsum16(prod[r]), _mm512_set1_ps(scale));
-                if (mask) s = _mm512_add_ps(s, _mm512_loadu_ps(mask + (size_t)r * n + j));
-                _mm512_storeu_ps(sc + (size_t)r * (n + 16) + j, s);
-            }
+                     int L, const int32_t *keys, int S, int H, int d, float scale, float *sc, float *out) {
+    const uint16_t *Kh = K + (size_t)h * head_stride, *Vh = V + (size_t)h * head_stride;
+    for (int r = 0; r < S; r++) {
+        const int32_t *idx = keys ? keys + (size_t)r * L : NULL;
+        const float *qr = q + (size_t)r * q_stride + (size_t)h * d;
+        float *o = out + ((size_t)r * H + h) * d;
+        switch (d / 16) {   /* the head width as a constant: accumulators in registers */
+            case 4: attend_row(qr, Kh, Vh, L, idx, d, 4, scale, sc, o); break;
+            case 8: attend_row(qr, Kh, Vh, L, idx, d, 8, scale, sc, o); break;
+            case 2: attend_row(qr, Kh, Vh, L, idx, d, 2, scale, sc, o); break;
+            case 1: attend_row(qr, Kh, Vh, L, idx, d, 1, scale, sc, o); break;
+            default: attend_row(qr, Kh, Vh, L, idx, d, d / 16, scale, sc, o); break;
         }
-        for (; j < n; j++) {                    /* the last < 16 keys one by one */
-            const uint16_t *kr = Kh + (size_t)j * d;
-            for (int r = 0; r < S; r++) {
-                __m512 acc = _mm512_setzero_ps();
-                for (int c = 0; c < nv; c++) acc = _mm512_fmadd_ps(qv[r][c], load_bf16x16(kr + 16 * c), acc);
-                sc[(size_t)r * (n + 16) + j] = _mm512_reduce_add_ps(acc) * scale + (mask ? mask[(size_t)r * n + j] : 0.f);
-            }
-        }
-        for (int r = 0; r < S; r++) {           /* softmax in place, 16 scores at a time; -inf -> exactly 0 */
-            float *s = sc + (size_t)r * (n + 16);
-            __m512 vmx = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
-            for (int k = 0; k < n; k += 16) {
-                __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1);
-                vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, s + k));
-            }
-            __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
-            for (int k = 0; k < n; k += 16) {
-                __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1);
-                __m512 x = _mm512_maskz_loadu_ps(m, s + k);
-                __mmask16 live = m & _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-                __m512 e = _mm512_maskz_mov_ps(live, exp_neg(_mm512_sub_ps(x, mx)));
-                vsum = _mm512_add_ps(vsum, e);
-                _mm512_mask_storeu_ps(s + k, m, e);
-            }
-            __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum));
-            for (int k = 0; k < n; k += 16) {
-                __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1);
-                _mm512_mask_storeu_ps(s + k, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + k), inv));
-            }
-        }
-        __m512 acc[8][16];
-        for (int r = 0; r < S; r++)
-            for (int c = 0; c < nv; c++) acc[r][c] = _mm512_setzero_ps();
-        for (int k = 0; k < n; k++) {           /* each value converted once, added to every row */
-            const uint16_t *vr = Vh + (size_t)k * d;
-            int any = 0;
-            for (int r = 0; r < S; r++) any |= sc[(size_t)r * (n + 16) + k] != 0.f;
-            if (!any) continue;
-            for (int c = 0; c < nv; c++) {
-                __m512 vc = load_bf16x16(vr + 16 * c);
-                for (int r = 0; r < S; r++)
-                    acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(sc[(size_t)r * (n + 16) + k]), vc, acc[r][c]);
-            }
-        }
-        for (int r = 0; r < S; r++)
-            for (int c = 0; c < nv; c++)
-                _mm512_storeu_ps(out + ((size_t)r * H + h) * d + 16 * c, acc[r][c]);
     }
 }
 
-/* All heads, in parallel. Returns 0, -1 when scratch memory is not available, -2 for an unsupported shape. */
-int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride, int n,
-                    const float *mask, int S, int H, int d, float scale, float *out) {
-    if (d % 16 || d > 256 || S > 8 || S < 1) return -2;
-    float *scores = (float *)malloc(sizeof(float) * (size_t)H * S * (n + 16));
+/* All heads, in parallel (keys as itf_attend_head's). Returns 0, -1 when scratch memory is not available, -2
+   for an unsupported shape. */
+int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride, int L,
+                    const int32_t *keys, int S, int H, int d, float scale, float *out) {
+    if (d % 16 || d > 256 || S < 1 || L < 1) return -2;
+    float *scores = (float *)malloc(sizeof(float) * (size_t)H * (L + 16));
     if (!scores) return -1;
     #pragma omp parallel for schedule(static)
     for (int h = 0; h < H; h++)
-        itf_attend_head(h, q, q_stride, K, V, head_stride, n, mask, S, H, d, scale,
-                        scores + (size_t)h * S * (n + 16), out);
+        itf_attend_head(h, q, q_stride, K, V, head_stride, L, keys, S, H, d, scale, scores + (size_t)h * (L + 16), out);
     free(scores);
     return 0;
 }

@@ -13,7 +13,6 @@ import torch
 from . import portable
 
 ROWS = 64   # the row-wise products below serve decode steps (a row per beam of every request in the step)
-ATTEND_ROWS = 8   # the decode attention's rows (one request's beams)
 
 
 def _rows_ok(x: torch.Tensor, k: int) -> bool:
@@ -197,19 +196,20 @@ def aa_snake_tm_bf16(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tenso
     return out
 
 
-def attend_bf16(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: int, mask: Optional[torch.Tensor],
+def attend_bf16(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_keys: int, keys: Optional[torch.Tensor],
                 heads: int, head_dim: int) -> Optional[torch.Tensor]:
-    """One decode step's attention (kernels/native.c): the S query rows of fp32 qkv (S, ≥D) over the first
-    `keys` positions of one layer's bf16 cache k, v (H, cap, d), additive fp32 mask (S, keys) or None ->
-    (S, H·d) fp32. None where the kernel does not take it."""
+    """One decode step's attention (kernels/native.c): the S query rows of fp32 qkv (S, ≥D) over one layer's bf16
+    cache k, v (H, cap, d), row r attending the positions keys[r] ((S, n_keys) int32), or 0 .. n_keys-1 when
+    keys is None -> (S, H·d) fp32. None where the kernel does not take it."""
     lib = _full()
     s = qkv.shape[0]
     if lib is None or not qkv.is_contiguous() or qkv.dtype != torch.float32 or k.dtype != torch.bfloat16 \
-            or head_dim % 16 or head_dim > 256 or s > ATTEND_ROWS:
+            or head_dim % 16 or head_dim > 256 or (keys is not None and (keys.dtype != torch.int32 or
+                                                                        keys.shape != (s, n_keys))):
         return None
     out = torch.empty(s, heads * head_dim)
-    if lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], k.data_ptr(), v.data_ptr(), k.stride(0), keys,
-                           None if mask is None else mask.data_ptr(), s, heads, head_dim, head_dim ** -0.5,
+    if lib.itf_attend_bf16(qkv.data_ptr(), qkv.shape[1], k.data_ptr(), v.data_ptr(), k.stride(0), n_keys,
+                           None if keys is None else keys.data_ptr(), s, heads, head_dim, head_dim ** -0.5,
                            out.data_ptr()):
         raise MemoryError("decode attention kernel: no scratch memory")
     return out
