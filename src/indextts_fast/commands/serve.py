@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${KEY_ENV})")
     p.add_argument("--allow-open", action="store_true",
                    help="allow binding a non-loopback address without an API key")
-    p.add_argument("--workers", type=int, default=1, help="requests synthesised at once (default 1)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="requests synthesised at once, batched step by step (default 8)")
     p.add_argument("--queue-size", type=int, default=8, help="requests waiting before 429 (default 8)")
     p.add_argument("--max-input-chars", type=int, default=4096)
     p.add_argument("--request-timeout", type=float, default=600.0,
@@ -37,7 +38,7 @@ def check(args: argparse.Namespace) -> str:
                           "or pass --allow-open to do it without one")
     if not args.request_timeout > 0:
         raise OptionError(f"--request-timeout {args.request_timeout} must be > 0")
-    for flag in ("workers", "queue_size", "max_input_chars"):
+    for flag in ("max_batch", "queue_size", "max_input_chars"):
         if getattr(args, flag) < (0 if flag == "queue_size" else 1):
             raise OptionError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range")
     return key
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     key = check(args)
     engine = open_engine(args)
-    app = create_app(engine, api_key=key or None, workers=args.workers, queue_size=args.queue_size,
+    app = create_app(engine, api_key=key or None, max_batch=args.max_batch, queue_size=args.queue_size,
                      max_input_chars=args.max_input_chars, request_timeout_s=args.request_timeout)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
 

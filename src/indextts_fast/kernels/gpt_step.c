@@ -44,40 +44,75 @@ static void product(const quantised_t *in, int S, int K, const itf_block_t *b, i
    (<= 256). amx: 1 to take the products of 4+ rows on AMX tiles (the CPU has AMX-INT8
    and itf_amx_init succeeded; the same bits as without). Returns 0, -1 without scratch memory, -2 for a bad
    shape. */
+/* LayerNorm (when w) and per-row quantisation of S rows, the rows split across the threads. */
+static void ln_quantize(const float *x, int S, int K, int Kp, const float *w, const float *b, float eps, float *xn,
+                        const quantised_t *in) {
+    #pragma omp for schedule(static)
+    for (int m = 0; m < S; m++) {
+        const float *row = x + (size_t)m * K;
+        if (w) {
+            itf_layer_norm_rows(row, 1, K, w, b, eps, xn + (size_t)m * K);
+            row = xn + (size_t)m * K;
+        }
+        itf_quantize_rows(row, 1, K, Kp, in->xq + (size_t)m * Kp, in->sx + m, in->zp + m);
+    }
+}
+
+/* The calling thread's scratch, kept between steps (a step's buffers are a few MB at most: mapping and
+   faulting them in anew every step cost more than the step's own quantisation). */
+static __thread char *kept;
+static __thread size_t kept_bytes;
+
+static char *scratch_of(size_t bytes) {
+    if (bytes > kept_bytes) {
+        free(kept);
+        kept_bytes = (bytes + 4095) / 4096 * 4096;
+        kept = aligned_alloc(64, kept_bytes);
+        if (!kept) kept_bytes = 0;
+    }
+    return kept;
+}
+
+#define CARVE(type, n) (type *)(base + used); used += ((size_t)(n) * sizeof(type) + 63) / 64 * 64
+
 int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float eps, int G, const itf_group_t *groups,
                  int H, int d, float scale, int amx) {
     if (d % 16 || d > 256 || S < 1 || G < 1 || H * d != D) return -2;
-    int F = 4 * D, Dp = (D + 3) / 4 * 4, Fp = (F + 3) / 4 * 4, total = 0;   /* rows padded to 4 bytes */
-    size_t scratch = 0;
-    int *first = malloc(sizeof(int) * (size_t)G);
-    size_t *at = malloc(sizeof(size_t) * (size_t)G);
-    if (!first || !at) { free(first); free(at); return -1; }
+    int F = 4 * D, Dp = (D + 3) / 4 * 4, Fp = (F + 3) / 4 * 4, total = 0, S16 = (S + 15) / 16 * 16;
+    size_t keys = 0;
     for (int g = 0; g < G; g++) {
         const itf_group_t *gr = groups + g;
-        if (gr->rows < 1 || gr->lo < 0) { free(first); free(at); return -2; }
-        first[g] = total, at[g] = scratch;
+        if (gr->rows < 1 || gr->lo < 0 || gr->nkeys < 1 || gr->nkeys > gr->lo + gr->rows) return -2;
         total += gr->rows;
-        if (gr->nkeys < 1 || gr->nkeys > gr->lo + gr->rows) { free(first); free(at); return -2; }
-        scratch += (size_t)H * (gr->nkeys + 16);
+        keys += (size_t)H * (gr->nkeys + 16);
     }
-    if (total != S) { free(first); free(at); return -2; }
-    float *qkv = malloc(sizeof(float) * (size_t)S * 3 * D), *a = malloc(sizeof(float) * (size_t)S * D);
-    float *h = malloc(sizeof(float) * (size_t)S * F), *xn = malloc(sizeof(float) * (size_t)S * D);
-    float *scores = malloc(sizeof(float) * scratch);
-    quantised_t in = {aligned_alloc(64, ((size_t)(S + 15) / 16 * 16 * Fp + 63) / 64 * 64),   /* whole AMX row blocks */
-                       malloc(sizeof(float) * S), malloc(sizeof(int32_t) * S)};
-    int ok = qkv && a && h && xn && scores && in.xq && in.sx && in.zp;
-    if (ok) {
-        #pragma omp parallel
-        {
+    if (total != S) return -2;
+    size_t need = 64 * 10 + sizeof(float) * ((size_t)S * (3 * D + D + F + D) + keys + 2 * S) + (size_t)S16 * Fp
+                  + (sizeof(int) + sizeof(size_t)) * G;
+    char *base = scratch_of(need);
+    if (!base) return -1;
+    size_t used = 0;
+    float *qkv = CARVE(float, (size_t)S * 3 * D);
+    float *a = CARVE(float, (size_t)S * D);
+    float *h = CARVE(float, (size_t)S * F);
+    float *xn = CARVE(float, (size_t)S * D);
+    float *scores = CARVE(float, keys);
+    uint8_t *xq = CARVE(uint8_t, (size_t)S16 * Fp);   /* whole AMX row blocks */
+    float *sx = CARVE(float, S);
+    int32_t *zp = CARVE(int32_t, S);
+    int *first = CARVE(int, G);
+    size_t *at = CARVE(size_t, G);
+    quantised_t in = {xq, sx, zp};
+    for (int g = 0, r = 0; g < G; g++) {
+        first[g] = r, at[g] = g ? at[g - 1] + (size_t)H * (groups[g - 1].nkeys + 16) : 0;
+        r += groups[g].rows;
+    }
+    #pragma omp parallel
+    {
         if (amx) itf_amx_tiles();   /* each thread's tile configuration */
         for (int l = 0; l < L; l++) {
             const itf_block_t *b = blocks + l;
-            #pragma omp single
-            {
-                itf_layer_norm_rows(x, S, D, b->ln1_w, b->ln1_b, eps, xn);
-                itf_quantize_rows(xn, S, D, Dp, in.xq, in.sx, in.zp);
-            }
+            ln_quantize(x, S, D, Dp, b->ln1_w, b->ln1_b, eps, xn, &in);
             product(&in, S, D, b, 0, 3 * D, NULL, 0, qkv, amx);
             #pragma omp for schedule(static)
             for (int gh = 0; gh < G * H; gh++) {   /* one request's head: its new keys and values, its attention */
@@ -92,26 +127,18 @@ int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float
                         _mm256_storeu_si256((__m256i *)(kl + pos), bf16_round(_mm512_loadu_ps(row + D)));
                         _mm256_storeu_si256((__m256i *)(vl + pos), bf16_round(_mm512_loadu_ps(row + 2 * D)));
                     }
-                int L = groups[g].nkeys;
-                itf_attend_head(hh, qkv + (size_t)r0 * 3 * D, 3 * D, kl, vl, hs, L, groups[g].keys, R, H, d, scale,
-                                scores + at[g] + (size_t)hh * (L + 16), a + (size_t)r0 * D);
+                int n = groups[g].nkeys;
+                itf_attend_head(hh, qkv + (size_t)r0 * 3 * D, 3 * D, kl, vl, hs, n, groups[g].keys, R, H, d, scale,
+                                scores + at[g] + (size_t)hh * (n + 16), a + (size_t)r0 * D);
             }
-            #pragma omp single
-            itf_quantize_rows(a, S, D, Dp, in.xq, in.sx, in.zp);
+            ln_quantize(a, S, D, Dp, NULL, NULL, 0.f, NULL, &in);
             product(&in, S, D, b, 1, D, x, 0, x, amx);
-            #pragma omp single
-            {
-                itf_layer_norm_rows(x, S, D, b->ln2_w, b->ln2_b, eps, xn);
-                itf_quantize_rows(xn, S, D, Dp, in.xq, in.sx, in.zp);
-            }
+            ln_quantize(x, S, D, Dp, b->ln2_w, b->ln2_b, eps, xn, &in);
             product(&in, S, D, b, 2, F, NULL, 1, h, amx);
-            #pragma omp single
-            itf_quantize_rows(h, S, F, Fp, in.xq, in.sx, in.zp);
+            ln_quantize(h, S, F, Fp, NULL, NULL, 0.f, NULL, &in);
             product(&in, S, F, b, 3, D, x, 0, x, amx);
         }
         if (amx) itf_amx_release();
-        }
     }
-    free(qkv); free(a); free(h); free(xn); free(scores); free(in.xq); free(in.sx); free(in.zp); free(first); free(at);
-    return ok ? 0 : -1;
+    return 0;
 }

@@ -1,10 +1,13 @@
 """The speech server: OpenAI's /v1/audio/speech (whole or streamed: chunked audio or SSE), voices on the
 speaker registry, models, health, readiness and Prometheus metrics, errors in OpenAI's shape.
 
-One process owns one Engine. The scheduler admits at most `workers` running requests (each on a worker
-thread) and `queue_size` waiting ones, in arrival order; past that a request gets 429 with Retry-After. A
-streamed request whose client goes away stops at the next segment and frees its slot; `drain()` (SIGTERM)
-makes new requests 503 while the admitted ones finish.
+One process owns one Engine and one batcher.Batcher over it (continuous batching: the admitted requests'
+GPT decode steps share one model call per step, their flow matchings and vocoders take turns at step
+boundaries; a seeded request gives the same audio whatever else runs). The scheduler admits at most
+`max_batch` running requests and `queue_size` waiting ones, in arrival order; past that a request gets 429
+with Retry-After. A streamed request whose client goes away (or that runs past its deadline) leaves the
+batch at the next round and frees its place; `drain()` (SIGTERM) makes new requests 503 while the admitted
+ones finish.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ MAX_BODY = 1024 * 1024             # any other request body
 class Scheduler:
     """Admission and the worker threads (module doc)."""
 
-    def __init__(self, workers: int = 1, queue_size: int = 8):
-        self.workers, self.queue_size = workers, queue_size
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts-worker")
+    def __init__(self, max_batch: int = 8, queue_size: int = 8):
+        self.workers, self.queue_size = max_batch, queue_size
+        # one thread per admitted request, moving its chunks from the batcher to the response
+        self.pool = ThreadPoolExecutor(max_workers=max_batch + queue_size, thread_name_prefix="tts-feed")
         self.admitted = 0
         self.lock = threading.Lock()
         self.draining = False
@@ -82,14 +86,21 @@ def _metrics():
         "latency": Histogram("tts_request_seconds", "request start to its last audio bytes", registry=reg),
         "stage": Counter("tts_stage_seconds", "seconds spent per pipeline stage", ["stage"], registry=reg),
         "audio": Counter("tts_audio_seconds", "seconds of audio produced", registry=reg),
+        "batch": Gauge("tts_batch_total", "the batcher's counts since start: rounds, decode_calls, decode_rows "
+                       "(rows over those calls), codes, dit_steps", ["count"], registry=reg),
+        "batch_active": Gauge("tts_batch_active", "requests in the batch now", registry=reg),
     }
 
 
 def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"),
-               api_key: Optional[str] = None, workers: int = 1, queue_size: int = 8,
+               api_key: Optional[str] = None, max_batch: int = 8, queue_size: int = 8,
                max_input_chars: int = 4096, request_timeout_s: float = 600.0) -> FastAPI:
     app = FastAPI(title="indextts-fast", docs_url=None, redoc_url=None)
-    sched = Scheduler(workers, queue_size)
+    from ..batcher import Batcher
+
+    sched = Scheduler(max_batch, queue_size)
+    batcher = Batcher(engine, max_active=max_batch)
+    app.state.batcher = batcher
     registry, m = _metrics()
     app.state.scheduler = sched
 
@@ -141,7 +152,7 @@ def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", 
         m["queue"].set(sched.queue_depth)
         started = time.monotonic()
         try:
-            chunks = _start(engine, body)
+            chunks = _start(engine, batcher, body)
         except BaseException:
             sched.release()
             raise
@@ -155,7 +166,7 @@ def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", 
         sched.pool.submit(feed.run, loop)
         first = await feed.queue.get()   # the first segment's audio, or why there is none: a real status code
         if first[0] == "error":
-            feed.cancel.set()
+            feed.stop()
             raise _failure(first[1], request)
         media = "text/event-stream" if body.stream_format == "sse" else FORMATS[body.response_format]
         return StreamingResponse(_respond(feed, first, body, m, started), media_type=media)
@@ -209,6 +220,11 @@ def create_app(engine, *, model_names: tuple[str, ...] = ("indextts2", "tts-1", 
         from prometheus_client import generate_latest
 
         m["queue"].set(sched.queue_depth)
+        st = batcher.stats
+        for name, value in (("rounds", st.rounds), ("decode_calls", st.decode_calls), ("decode_rows", st.decode_rows),
+                            ("codes", st.codes), ("dit_steps", st.dit_steps)):
+            m["batch"].labels(name).set(value)
+        m["batch_active"].set(batcher.load[0])
         return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app
@@ -272,22 +288,23 @@ def _voice(record) -> dict:
             "created_at": int(record.created.timestamp())}
 
 
-def _start(engine, body: SpeechRequest):
+def _start(engine, batcher, body: SpeechRequest):
     from ..errors import OptionError
     from ..results import Emotion
 
     try:
         emotion = Emotion(vector=body.emotion.vector, alpha=body.emotion.alpha) if body.emotion else \
             Emotion(from_text=True, text=body.instructions) if body.instructions else None
-        return engine.stream(body.input, speaker_id=body.voice_id, emotion=emotion, preset=body.preset,
-                             seed=body.seed, first_segment_tokens=body.first_segment_tokens, **body.overrides())
+        return batcher.stream(body.input, speaker_id=body.voice_id, emotion=emotion, preset=body.preset,
+                              seed=body.seed, first_segment_tokens=body.first_segment_tokens, **body.overrides())
     except OptionError as e:
         raise ApiError(400, str(e)) from None
 
 
 class _Feed:
-    """Runs one request on a worker thread: engine chunks -> encoded pieces -> the event loop's queue. Stops at
-    the next segment once `cancel` is set (the client went away); frees the admission slot when done."""
+    """Moves one request's chunks (a batcher Ticket) to the event loop's queue, encoded, on a pool thread. Once
+    `cancel` is set (the client went away) or the deadline passed, the ticket is closed: the request leaves the
+    batch at the next round. Frees the admission slot when done."""
 
     def __init__(self, sched: Scheduler, chunks, encoder, count_stage, deadline: float):
         self.sched, self.chunks, self.encoder, self.count_stage = sched, chunks, encoder, count_stage
@@ -295,6 +312,13 @@ class _Feed:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancel = threading.Event()
         self.audio_s, self.codes, self.text_tokens = 0.0, 0, 0
+
+    def stop(self) -> None:
+        """The client is gone (or the stream ended): the request leaves the batch at the next round."""
+        self.cancel.set()
+        close = getattr(self.chunks, "close", None)
+        if close is not None:
+            close()
 
     def run(self, loop) -> None:
         put = lambda item: loop.call_soon_threadsafe(self.queue.put_nowait, item)   # noqa: E731
@@ -316,6 +340,7 @@ class _Feed:
         except BaseException as e:   # noqa: BLE001  (sent to the response, which logs it)
             put(("error", e))
         finally:
+            self.stop()
             self.sched.release()
 
 
@@ -346,7 +371,7 @@ async def _respond(feed: _Feed, head: tuple, body: SpeechRequest, m: dict, start
             yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(item).decode()}) \
                 if body.stream_format == "sse" else item
     finally:
-        feed.cancel.set()   # the client is gone (or the stream ended): stop at the next segment
+        feed.stop()   # the client is gone (or the stream ended): it leaves the batch at the next round
 
 
 def _sse(event: dict) -> bytes:
