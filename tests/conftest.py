@@ -3,10 +3,15 @@ $INDEXTTS_FAST_REFERENCE) and fail loudly when they are absent: parity is how we
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
+import glob
 import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 import indextts_fast  # noqa: F401  (first: it sets up oneMKL before torch loads; see mkl_vendor.py)
 import pytest
@@ -64,3 +69,56 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for this session (tests/test_speakers_pg.py, tests/test_ray.py): Debian's
+    binaries, initdb'd in a temporary folder, started with pg_ctl on 127.0.0.1 (a free port, trust auth, fsync off)
+    as the `postgres` OS user when run as root, stopped and deleted at the end. Yields its URL without a database name (postgresql://postgres@host:port)."""
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        pytest.skip("needs a PostgreSQL server's binaries (/usr/lib/postgresql/*/bin/initdb, pg_ctl): "
+                    "apt-get install postgresql")
+    bindir = Path(initdb[-1]).parent  # the newest installed major version
+    base = Path(tempfile.mkdtemp(prefix="indextts-fast-pg-"))  # not under pytest's tmp: that is private to root
+    sockets, data, log = base / "sockets", base / "data", base / "server.log"
+    sockets.mkdir()
+    as_postgres = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, but there is no `postgres` OS user to run the server as (apt-get install "
+                        "postgresql creates it)")
+        for path in (base, sockets):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_postgres, *map(str, args)], cwd=base, capture_output=True, text=True, timeout=120)
+
+    started = False
+    try:
+        out = run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale",
+                  "--no-sync")
+        assert out.returncode == 0, f"initdb failed: {out.stdout}{out.stderr}"
+        for _ in range(3):  # (a free port can be taken before the server binds it)
+            port = free_port()
+            out = run(bindir / "pg_ctl", "start", "-w", "-t", "60", "-D", data, "-l", log, "-o",
+                      f"-h 127.0.0.1 -p {port} -k {sockets} -F -c max_connections=200")
+            if out.returncode == 0:
+                break
+        started = out.returncode == 0
+        assert started, f"pg_ctl start failed: {out.stdout}{out.stderr}{log.read_text() if log.exists() else ''}"
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        if started:
+            run(bindir / "pg_ctl", "stop", "-m", "immediate", "-D", data)
+        shutil.rmtree(base, ignore_errors=True)

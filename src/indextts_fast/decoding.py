@@ -158,7 +158,7 @@ class KVCache:
             return out
         out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0).to(self.dtype),
                                              self.k[layer, None, :, :end], self.v[layer, None, :, :end],
-                                             attn_mask=self.mask)                   # (1, H, S, d)
+                                             attn_mask=self.step_mask())            # (1, H, S, d)
         return out[0].transpose(0, 1).reshape(s, -1).to(qkv.dtype)
 
     def begin_step(self) -> None:
@@ -175,11 +175,17 @@ class KVCache:
             prompt = prompt[self.prefix_valid]
         self.keys = torch.cat((prompt.expand(s, -1), self.prefix + self.slots[:, :t + 1].int()), dim=1).contiguous()
         self.n_keys = self.keys.shape[1]
-        mask = torch.zeros(s, self.prefix + (t + 1) * s, dtype=torch.bool, device=self.device)
-        mask.scatter_(1, self.keys.long(), True)
-        # additive form (0 / -inf) in the cache dtype, made once per step: what SDPA would otherwise derive
-        # from the boolean mask in every one of the layers
-        self.mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(~mask, -math.inf)
+        self.mask = None   # made by step_mask() when SDPA needs it (the kernels read the key lists)
+
+    def step_mask(self) -> Optional[torch.Tensor]:
+        """This step's keys as SDPA's additive (S, positions) mask (0 / -inf) in the cache dtype, made once per
+        step (SDPA would otherwise derive it from a boolean mask in every layer); None: every position."""
+        if self.mask is None and self.keys is not None:
+            s = self.rows
+            allowed = torch.zeros(s, self.prefix + (self.length + 1) * s, dtype=torch.bool, device=self.device)
+            allowed.scatter_(1, self.keys.long(), True)
+            self.mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, -math.inf)
+        return self.mask
 
 
 def _attention_kernel(cache: KVCache) -> bool:
@@ -362,13 +368,38 @@ class Search:
 
 
 def step_all(model: UnifiedVoice, searches: list[Search]) -> None:
-    """One decode step of every search given (each started, not done) in one model call."""
+    """One decode step of every search given (each started, not done) in one model call. The searches then
+    choose their next codes side by side on two threads when each draws from its own generator (their
+    processors and beam bookkeeping are small torch ops, a millisecond a search; the order they run in does
+    not matter when no random state is shared)."""
     logits = forward_rows(model, [s.cache for s in searches], [s.embedded() for s in searches])
-    r = 0
+    parts, r = [], 0
     for s in searches:
         s.steps += 1
-        s._take(logits[r:r + s.rows])
+        parts.append(logits[r:r + s.rows])
         r += s.rows
+    if len(searches) > 1 and all(s.generator is not None for s in searches):
+        list(_chooser().map(_take_inference, searches, parts))
+    else:
+        for s, part in zip(searches, parts):
+            s._take(part)
+
+
+def _take_inference(s: Search, logits: torch.Tensor) -> None:
+    with torch.inference_mode():   # thread-local: the pool's threads need it too
+        s._take(logits)
+
+
+_POOL = None
+
+
+def _chooser():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode-choose")
+    return _POOL
 
 
 class SampleSearch(Search):

@@ -21,6 +21,9 @@ Memory. Recently used entries are kept in a bounded LRU (a count of entries) key
 one indexed SQLite lookup (which sees other processes' overwrites and removals, and gives the fingerprint)
 and no tensor read. Returned dicts are fresh, the tensors in them are shared with the LRU: do not modify
 them in place.
+
+The same registry can live in PostgreSQL instead (speakers_pg.PostgresSpeakerStore, same API and guarantees,
+shared by several machines): `open_store(spec)` picks the backend from a `--store` value (folder or URL).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Mapping, NamedTuple, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save
@@ -46,6 +49,9 @@ from safetensors.torch import load_file, save
 from .errors import IndexTTSFastError, OptionError
 from .lru import LRU
 from .paths import HOME_ENV, default_store_dir  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from .speakers_pg import PostgresSpeakerStore
 
 # Tests only: seconds to sleep after an entry's file is in place and before its row is committed.
 PAUSE_ENV = "INDEXTTS_FAST_TEST_PAUSE_BEFORE_COMMIT"
@@ -429,9 +435,7 @@ class SpeakerStore:
 
     def _unknown(self, speaker_id: str) -> UnknownSpeakerError:
         ids = [r[0] for r in self._query("SELECT speaker_id FROM speakers ORDER BY speaker_id LIMIT 11")]
-        known = (f"registered ids include: {', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''}" if ids
-                 else "no speakers are registered")
-        return UnknownSpeakerError(f"no speaker {speaker_id!r} in {self.root}; {known} (list them with {LIST_HINT})")
+        return _unknown_error(speaker_id, ids, self.root)
 
     def show(self, speaker_id: str) -> SpeakerRecord:
         """The metadata of one speaker, including its tensor names, dtypes and shapes."""
@@ -450,11 +454,7 @@ class SpeakerStore:
         record = self.show(speaker_id)
         while True:
             if record.model_fingerprint != model_fingerprint:
-                source = f" ({record.source})" if record.source else ""
-                raise FingerprintMismatchError(
-                    f"speaker {speaker_id!r} was registered with a different model (fingerprint "
-                    f"{record.model_fingerprint[:16]}, this model {model_fingerprint[:16]}); its tensors do not fit "
-                    f"this model. Register it again from its reference audio{source}: {_again(speaker_id)}")
+                raise _mismatch_error(record, model_fingerprint)
             tensors = self._load(record.file, record.tensors, f"speaker {speaker_id!r}")
             if tensors is not None:
                 return tensors
@@ -519,9 +519,7 @@ class SpeakerStore:
 
     def cache_list(self) -> list[ClipRecord]:
         """Cached clips, most recently used first."""
-        rows = self._query(f"SELECT {_CLIP_COLS} FROM clips ORDER BY last_used DESC")
-        return [ClipRecord(sha, fp, _utc(created), last_used, source, dur, _specs_from_json(specs), file)
-                for sha, fp, created, last_used, source, dur, specs, file in rows]
+        return [_clip_record(r) for r in self._query(f"SELECT {_CLIP_COLS} FROM clips ORDER BY last_used DESC")]
 
     def cache_clear(self) -> int:
         with self._write() as db:
@@ -539,6 +537,22 @@ def _again(speaker_id: str) -> str:
     return f"`indextts-fast speakers add {speaker_id} AUDIO --overwrite` (API: overwrite=True)"
 
 
+def _unknown_error(speaker_id: str, ids: list[str], where: object) -> UnknownSpeakerError:
+    """The error for an id not registered in `where`; `ids`: up to 11 registered ids, sorted."""
+    known = (f"registered ids include: {', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''}" if ids
+             else "no speakers are registered")
+    return UnknownSpeakerError(f"no speaker {speaker_id!r} in {where}; {known} (list them with {LIST_HINT})")
+
+
+def _mismatch_error(record: SpeakerRecord, model_fingerprint: str) -> FingerprintMismatchError:
+    """The error for asking `record`'s tensors with another model's fingerprint."""
+    source = f" ({record.source})" if record.source else ""
+    return FingerprintMismatchError(
+        f"speaker {record.speaker_id!r} was registered with a different model (fingerprint "
+        f"{record.model_fingerprint[:16]}, this model {model_fingerprint[:16]}); its tensors do not fit "
+        f"this model. Register it again from its reference audio{source}: {_again(record.speaker_id)}")
+
+
 def _exists(speaker_id: str) -> SpeakerExistsError:
     return SpeakerExistsError(f"speaker {speaker_id!r} is already registered; pass --overwrite (API: overwrite=True)"
                               " to replace it")
@@ -551,6 +565,24 @@ def _utc(seconds: float) -> datetime:
 def _speaker_record(row: tuple) -> SpeakerRecord:
     sid, sha, fp, created, source, dur, specs, file = row
     return SpeakerRecord(sid, sha, fp, _utc(created), source, dur, _specs_from_json(specs), file)
+
+
+def _clip_record(row: tuple) -> ClipRecord:
+    sha, fp, created, last_used, source, dur, specs, file = row
+    return ClipRecord(sha, fp, _utc(created), last_used, source, dur, _specs_from_json(specs), file)
+
+
+def open_store(spec: Union[str, os.PathLike, None] = None,
+               **options) -> Union[SpeakerStore, "PostgresSpeakerStore"]:
+    """The speaker store named by a `--store` value: a ``postgresql://`` or ``postgres://`` URL opens the
+    PostgreSQL store (speakers_pg, imported only then; needs psycopg: pip install 'indextts-fast[postgres]'),
+    anything else is the folder of a SpeakerStore (None or "": default_store_dir()). `options` go to the
+    store's constructor (memory_entries, cache_entries); both stores have the same API and guarantees."""
+    if isinstance(spec, str) and spec.strip().lower().startswith(("postgresql://", "postgres://")):
+        from .speakers_pg import PostgresSpeakerStore
+
+        return PostgresSpeakerStore(spec.strip(), **options)
+    return SpeakerStore(spec or None, **options)
 
 
 def _use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:

@@ -38,7 +38,8 @@ def _parse_bool(text: str) -> bool:
 def add_store_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="DIR", default=None,
                    help="data folder of the speaker registry and caches (default: $INDEXTTS_FAST_HOME, "
-                        "else the user's cache dir)")
+                        "else the user's cache dir), or a postgresql://user@host/db URL to keep them in "
+                        "PostgreSQL, shared by several machines (pip install 'indextts-fast[postgres]')")
 
 
 def add_engine_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -78,10 +79,21 @@ def check_precisions(args: argparse.Namespace) -> list:
             for m in args.precision.split(",") if m.strip()]
 
 
-def open_store(args: argparse.Namespace):
-    from ..speakers import SpeakerStore, default_store_dir
+def data_folder(args: argparse.Namespace):
+    """Where a command keeps files (prompts, random models): --store when it is a folder, else the default data
+    folder (a postgresql:// --store holds the registry only)."""
+    from pathlib import Path
 
-    return SpeakerStore(args.store or default_store_dir())
+    from ..paths import default_store_dir
+
+    store = getattr(args, "store", None)
+    return Path(store) if store and "://" not in str(store) else default_store_dir()
+
+
+def open_store(args: argparse.Namespace):
+    from ..speakers import open_store as open_speaker_store
+
+    return open_speaker_store(args.store)
 
 
 def open_engine(args: argparse.Namespace, model_dir=None):

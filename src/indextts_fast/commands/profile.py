@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import add_precision_argument, add_settings_arguments, add_store_argument, check_precisions, settings_overrides
+from . import add_precision_argument, add_settings_arguments, add_store_argument, check_precisions, data_folder, settings_overrides
 
 DEFAULT_TEXT = ("The morning train was late again, so she walked along the river and "
                 "watched the boats drift slowly past the old stone bridge.")
@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Engine
     from ..presets import resolve
     from ..profiling import STAGES, run_statistics
-    from ..paths import default_store_dir
 
     if args.runs < 1 or args.warmup < 0:
         raise OptionError("--runs must be >= 1 and --warmup >= 0")
@@ -81,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     columns = [(pre, prec, pre if plain else f"{pre}@{prec}") for prec in precisions for pre in presets]
     names = [c[2] for c in columns]
     all_settings = {name: resolve(pre, settings_overrides(args)) for pre, _, name in columns}
-    store_dir = Path(args.store) if args.store else default_store_dir()
+    store_dir = data_folder(args)
     random_model = args.model_dir is None
     torch.set_flush_denormal(not args.keep_denormals)  # as bench s2mel/vocoder: changes values < 1.2e-38 only
     model_dir = default_random_model(store_dir) if random_model else Path(args.model_dir)

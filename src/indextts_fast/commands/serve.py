@@ -24,6 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-input-chars", type=int, default=4096)
     p.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds after which a request stops at its next segment (default 600)")
+    r = p.add_argument_group("Ray Serve (pip install -e \".[ray]\"): many replicas behind one endpoint")
+    r.add_argument("--ray", action="store_true", help="serve through Ray Serve instead of one process")
+    r.add_argument("--replicas", type=int, default=1, help="replicas, each with its own engine (default 1)")
+    r.add_argument("--autoscale", metavar="MIN..MAX", default=None,
+                   help="scale between MIN and MAX replicas on ongoing requests instead of --replicas")
+    r.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. ray://head:10001 or auto; default: start one here)")
 
 
 def check(args: argparse.Namespace) -> str:
@@ -36,6 +43,17 @@ def check(args: argparse.Namespace) -> str:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key and not args.allow_open:
         raise OptionError(f"binding {args.host} exposes the server to the network: set --api-key (or ${KEY_ENV}), "
                           "or pass --allow-open to do it without one")
+    if (args.replicas != 1 or args.autoscale or args.ray_address) and not args.ray:
+        raise OptionError("--replicas, --autoscale and --ray-address need --ray")
+    if args.replicas < 1:
+        raise OptionError(f"--replicas {args.replicas} must be >= 1")
+    if args.autoscale:
+        from ..server.ray_app import parse_autoscale
+
+        parse_autoscale(args.autoscale)
+    if args.ray and args.store is None:
+        raise OptionError("--ray needs --store (a postgresql:// URL, or a folder every replica's machine shares): "
+                          "a voice registered through one replica must reach the others")
     if not args.request_timeout > 0:
         raise OptionError(f"--request-timeout {args.request_timeout} must be > 0")
     for flag in ("max_batch", "queue_size", "max_input_chars"):
@@ -53,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from ..server.app import create_app
 
     key = check(args)
+    if args.ray:
+        return _run_ray(args, key)
     engine = open_engine(args)
     app = create_app(engine, api_key=key or None, max_batch=args.max_batch, queue_size=args.queue_size,
                      max_input_chars=args.max_input_chars, request_timeout_s=args.request_timeout)
@@ -70,4 +90,26 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
     server.run()
+    return 0
+
+
+def _run_ray(args: argparse.Namespace, key: str) -> int:
+    """Every replica builds its own engine from these options (server/ray_app.py); this process only deploys
+    and waits for SIGTERM / Ctrl-C."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        from ..errors import OptionError
+
+        raise OptionError('--ray needs Ray Serve: pip install -e ".[ray]"') from None
+    from ..server.ray_app import ServeOptions, parse_autoscale, run
+    from . import check_precisions
+
+    check_precisions(args)   # on this machine, before anything is deployed
+    opts = ServeOptions(model_dir=str(args.model_dir), store=args.store, precision=args.precision,
+                        force_precision=args.force_precision, threads=args.threads or 1, api_key=key or None,
+                        max_batch=args.max_batch, queue_size=args.queue_size, max_input_chars=args.max_input_chars,
+                        request_timeout_s=args.request_timeout, replicas=args.replicas,
+                        autoscale=parse_autoscale(args.autoscale) if args.autoscale else None)
+    run(opts, host=args.host, port=args.port, address=args.ray_address)
     return 0

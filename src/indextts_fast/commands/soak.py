@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import add_engine_arguments, add_settings_arguments, open_engine, settings_overrides
+from . import add_engine_arguments, add_settings_arguments, data_folder, open_engine, settings_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,14 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import OptionError
     from ..presets import resolve
     from ..soak import Limits, default_voices, format_summary, parse_allow, run_soak, write_report
-    from ..paths import default_store_dir
 
     if args.runs < 1:
         raise OptionError("--runs must be >= 1")
     allow = parse_allow(args.allow)
     settings = resolve(args.preset, settings_overrides(args))
-    voices = [Path(v) for v in args.voice] or default_voices(
-        args.model_dir, Path(args.store) if args.store else default_store_dir())
+    voices = [Path(v) for v in args.voice] or default_voices(args.model_dir, data_folder(args))
     for v in voices:
         if not v.is_file():
             raise OptionError(f"voice file not found: {v}")
