@@ -245,7 +245,30 @@ def _temp_abandoned(path: Path, pid: int) -> bool:
         return False
 
 
-class SpeakerStore:
+class RegistryQueries:
+    """The registry's read queries, shared by the SQLite store and the PostgreSQL one (speakers_pg.py): they
+    differ only in their parameter placeholder and in what names an entry's tensors (`_COLS`)."""
+
+    _PH = "?"
+    _COLS = "speaker_id, audio_sha256, model_fingerprint, created, source, duration_s, tensors, file"
+
+    def _unknown(self, speaker_id: str) -> UnknownSpeakerError:
+        ids = [r[0] for r in self._query("SELECT speaker_id FROM speakers ORDER BY speaker_id LIMIT 11")]
+        return _unknown_error(speaker_id, ids, self.root)
+
+    def show(self, speaker_id: str) -> SpeakerRecord:
+        """The metadata of one speaker, including its tensor names, dtypes and shapes."""
+        validate_speaker_id(speaker_id)
+        rows = self._query(f"SELECT {self._COLS} FROM speakers WHERE speaker_id = {self._PH}", (speaker_id,))
+        if not rows:
+            raise self._unknown(speaker_id)
+        return _speaker_record(rows[0])
+
+    def list(self) -> list[SpeakerRecord]:
+        return [_speaker_record(r) for r in self._query(f"SELECT {self._COLS} FROM speakers ORDER BY speaker_id")]
+
+
+class SpeakerStore(RegistryQueries):
     """Speaker registry + content-hash clip cache in one folder. Thread-safe; several processes may share it.
 
     memory_entries: entries (speakers and clips together) kept loaded in memory; 0 disables.
@@ -433,21 +456,6 @@ class SpeakerStore:
         self._put("speakers", {"speaker_id": speaker_id}, meta, tensors, overwrite)
         return self.show(speaker_id)
 
-    def _unknown(self, speaker_id: str) -> UnknownSpeakerError:
-        ids = [r[0] for r in self._query("SELECT speaker_id FROM speakers ORDER BY speaker_id LIMIT 11")]
-        return _unknown_error(speaker_id, ids, self.root)
-
-    def show(self, speaker_id: str) -> SpeakerRecord:
-        """The metadata of one speaker, including its tensor names, dtypes and shapes."""
-        validate_speaker_id(speaker_id)
-        rows = self._query(f"SELECT {_SPEAKER_COLS} FROM speakers WHERE speaker_id = ?", (speaker_id,))
-        if not rows:
-            raise self._unknown(speaker_id)
-        return _speaker_record(rows[0])
-
-    def list(self) -> list[SpeakerRecord]:
-        return [_speaker_record(r) for r in self._query(f"SELECT {_SPEAKER_COLS} FROM speakers ORDER BY speaker_id")]
-
     def get(self, speaker_id: str, model_fingerprint: str) -> dict[str, torch.Tensor]:
         """The speaker's tensors; refuses an entry made by another model (FingerprintMismatchError)."""
         _check_fingerprint(model_fingerprint)
@@ -529,7 +537,6 @@ class SpeakerStore:
         return len(files)
 
 
-_SPEAKER_COLS = "speaker_id, audio_sha256, model_fingerprint, created, source, duration_s, tensors, file"
 _CLIP_COLS = "audio_sha256, model_fingerprint, created, last_used, source, duration_s, tensors, file"
 
 

@@ -42,7 +42,7 @@ from .errors import OptionError
 from .lru import LRU
 from .speakers import (_INHERITED, ClipRecord, SpeakerError, SpeakerRecord, StoreCorruptError, _again,
                        _check_fingerprint, _check_sha, _clip_record, _exists, _mismatch_error, _pause_for_tests,
-                       _prepare, _speaker_record, _specs, _specs_from_json, _unknown_error, validate_speaker_id)
+                       _prepare, _speaker_record, _specs, _specs_from_json, validate_speaker_id, RegistryQueries)
 
 try:
     import psycopg
@@ -76,7 +76,7 @@ _RETRIES = 5
 _T = TypeVar("_T")
 
 
-class PostgresSpeakerStore:
+class PostgresSpeakerStore(RegistryQueries):
     """Speaker registry + content-hash clip cache in a PostgreSQL database. Thread-safe; any number of
     processes on any number of machines may share it.
 
@@ -85,6 +85,8 @@ class PostgresSpeakerStore:
     cache_entries: clip entries kept in the database, least recently used evicted first; 0 disables the clip cache.
     busy_timeout_s: how long a write waits for a lock another writer holds. connect_timeout_s: per connection.
     """
+
+    _PH, _COLS = "%s", _SPEAKER_COLS    # RegistryQueries: psycopg's placeholder, the version as `file`
 
     def __init__(self, url: str, *, memory_entries: int = 32, cache_entries: int = 64, busy_timeout_s: float = 60.0,
                  connect_timeout_s: float = 30.0):
@@ -260,21 +262,6 @@ class PostgresSpeakerStore:
                    created=time.time(), source=source, duration_s=None if duration_s is None else float(duration_s))
         written = self._put("speakers", row, tensors, overwrite)
         return _speaker_record(tuple(written[c] for c in _SPEAKER_COLS.split(", ")))
-
-    def _unknown(self, speaker_id: str):
-        ids = [r[0] for r in self._query("SELECT speaker_id FROM speakers ORDER BY speaker_id LIMIT 11")]
-        return _unknown_error(speaker_id, ids, self.root)
-
-    def show(self, speaker_id: str) -> SpeakerRecord:
-        """The metadata of one speaker, including its tensor names, dtypes and shapes."""
-        validate_speaker_id(speaker_id)
-        rows = self._query(f"SELECT {_SPEAKER_COLS} FROM speakers WHERE speaker_id = %s", (speaker_id,))
-        if not rows:
-            raise self._unknown(speaker_id)
-        return _speaker_record(rows[0])
-
-    def list(self) -> list[SpeakerRecord]:
-        return [_speaker_record(r) for r in self._query(f"SELECT {_SPEAKER_COLS} FROM speakers ORDER BY speaker_id")]
 
     def get(self, speaker_id: str, model_fingerprint: str) -> dict[str, torch.Tensor]:
         """The speaker's tensors; refuses an entry made by another model (FingerprintMismatchError)."""
