@@ -368,38 +368,13 @@ class Search:
 
 
 def step_all(model: UnifiedVoice, searches: list[Search]) -> None:
-    """One decode step of every search given (each started, not done) in one model call. The searches then
-    choose their next codes side by side on two threads when each draws from its own generator (their
-    processors and beam bookkeeping are small torch ops, a millisecond a search; the order they run in does
-    not matter when no random state is shared)."""
+    """One decode step of every search given (each started, not done) in one model call."""
     logits = forward_rows(model, [s.cache for s in searches], [s.embedded() for s in searches])
-    parts, r = [], 0
+    r = 0
     for s in searches:
         s.steps += 1
-        parts.append(logits[r:r + s.rows])
+        s._take(logits[r:r + s.rows])
         r += s.rows
-    if len(searches) > 1 and all(s.generator is not None for s in searches):
-        list(_chooser().map(_take_inference, searches, parts))
-    else:
-        for s, part in zip(searches, parts):
-            s._take(part)
-
-
-def _take_inference(s: Search, logits: torch.Tensor) -> None:
-    with torch.inference_mode():   # thread-local: the pool's threads need it too
-        s._take(logits)
-
-
-_POOL = None
-
-
-def _chooser():
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode-choose")
-    return _POOL
 
 
 class SampleSearch(Search):

@@ -305,7 +305,8 @@ class DynamicInt8Linear(nn.Module):
                                    ln.bias.data_ptr() if ln is not None else None, ln.eps if ln is not None else 0.0,
                                    self.vnni.data_ptr(), self.wsum.data_ptr(), self.wscale.data_ptr(),
                                    self.wbias.data_ptr(), self.out_features,
-                                   residual.data_ptr() if residual is not None else None, int(gelu), y.data_ptr()):
+                                   residual.data_ptr() if residual is not None else None, int(gelu), y.data_ptr(),
+                                   int(self.kernel.amx_int8)):
             raise MemoryError("int8 GEMV kernel: no scratch memory")
         return y
 

@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codes", type=int, default=150, help="codes forced per segment (default 150)")
     p.add_argument("--text", default="The quick brown fox jumps over the lazy dog.")
     p.add_argument("--plot", default=None, help="write a plot of the rates per level")
+    p.add_argument("--gpt-only", action="store_true",
+                   help="time only the GPT: c searches prefilled and stepped together (decoding.step_all) to the "
+                        "forced codes, levels interleaved --repeat times, the best run of each level kept")
+    p.add_argument("--repeat", type=int, default=3, help="runs per level with --gpt-only (default 3)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -34,6 +38,8 @@ def run(args: argparse.Namespace) -> dict:
     folder = find_model_dir(args.model_dir, "gpt.pth", "the GPT")
     voice = args.voice or _folder_prompt(folder)
     engine = Engine(folder, precision=args.precision, force_precision=args.force_precision)
+    if args.gpt_only:
+        return _gpt_only(engine, voice, args)
     kw = dict(voice=voice, preset=args.preset, forced_codes=args.codes)
     list(engine.stream(args.text, seed=0, **kw))        # warm-up: conditioning cached, kernels built
     levels = []
@@ -67,6 +73,43 @@ def run(args: argparse.Namespace) -> dict:
         print(f"wrote {args.plot}")
     return {"machine": machine(), "model_dir": str(folder), "precision": engine.precision, "preset": args.preset,
             "codes": args.codes, "levels": levels}
+
+
+def _gpt_only(engine, voice, args) -> dict:
+    """c searches with their own generators, prefilled one after another and stepped together to the forced codes."""
+    import torch
+
+    from .. import stages
+    from ..decoding import step_all
+    from ..presets import resolve
+    from ..results import Emotion
+
+    m = engine.models
+    spk = engine.speaker(voice)
+    emovec = engine.emotion_vector(spk, Emotion())
+    ids = stages.text_segments(m, args.text, 120)[0]
+    options = resolve(args.preset, {}).decoding(args.codes)
+    best: dict[int, float] = {}
+    for rep in range(args.repeat):
+        for c in args.concurrency:
+            searches = [stages.code_search(m, spk, ids, emovec, options, torch.Generator().manual_seed(i))
+                        for i in range(c)]
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                for s in searches:
+                    s.start()
+                while not all(s.done for s in searches):
+                    step_all(m.gpt, [s for s in searches if not s.done])
+                wall = time.perf_counter() - t0
+            best[c] = min(best.get(c, wall), wall)
+            print(f"run {rep + 1}, c={c}: {c * args.codes / wall:.1f} codes/s", flush=True)
+    base = args.codes / best[args.concurrency[0]] / args.concurrency[0]
+    levels = [{"concurrency": c, "wall_s": best[c], "codes_per_s": c * args.codes / best[c],
+               "codes_per_s_x": c * args.codes / best[c] / base} for c in args.concurrency]
+    print(table(levels, [("concurrency", "c", "d"), ("wall_s", "best s", ".2f"), ("codes_per_s", "GPT codes/s", ".1f"),
+                         ("codes_per_s_x", "x c=1", ".2f")]))
+    return {"machine": machine(), "precision": engine.precision, "preset": args.preset, "codes": args.codes,
+            "gpt_only": True, "repeat": args.repeat, "levels": levels}
 
 
 def _plot(levels: list[dict], path: str) -> None:

@@ -161,8 +161,8 @@ def load() -> Optional[ctypes.CDLL]:
     fn = lib.itf_gemv_s8
     fn.restype = ctypes.c_int
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
-    # x, M, K, ln_w, ln_b, ln_eps, packed W, Σw, w scales, bias, N, residual, gelu, y
-    fn.argtypes = [ptr, i32, i32, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, i32, ptr, i32, ptr]
+    # x, M, K, ln_w, ln_b, ln_eps, packed W, Σw, w scales, bias, N, residual, gelu, y, amx
+    fn.argtypes = [ptr, i32, i32, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, i32, ptr, i32, ptr, i32]
     att = lib.itf_attend_bf16
     att.restype = ctypes.c_int
     # q, q row stride, K, V, head stride, keys per row, key lists (or NULL), S, H, d, scale, out
