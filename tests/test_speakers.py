@@ -94,16 +94,21 @@ def test_round_trip_is_exact_and_private(tmp_path):
     assert record.to_dict()["tensors"]["i64"] == {"dtype": "int64", "shape": [2]}
 
 
-def test_registry_survives_restart(tmp_path):
-    with SpeakerStore(tmp_path) as store:
+def check_survives_reopening(open_store) -> None:
+    """What one store instance wrote, a new one (a restart, another process) lists, shows and reads."""
+    with open_store() as store:
         add(store, "bob", voice(1), source="b.wav")
         add(store, "alice", voice(2))
         before = store.list()
-    again = SpeakerStore(tmp_path)
+    again = open_store()
     assert again.list() == before and [r.speaker_id for r in before] == ["alice", "bob"]
     assert again.show("bob") == before[1]
     assert_same(again.get("bob", FP), voice(1))
     assert_same(again.get("alice", FP), voice(2))
+
+
+def test_registry_survives_restart(tmp_path):
+    check_survives_reopening(lambda: SpeakerStore(tmp_path))
 
 
 def test_memory_hit_reads_nothing(tmp_path, reads):
@@ -120,24 +125,31 @@ def test_memory_hit_reads_nothing(tmp_path, reads):
         SpeakerStore(tmp_path).get("alice", FP)
 
 
-def test_memory_lru_is_bounded(tmp_path, reads):
-    with SpeakerStore(tmp_path) as store:
+def check_memory_lru(open_store, loaded) -> None:
+    """The memory LRU holds `memory_entries` entries, evicts the least recently used, 0 disables it (shared with
+    the PostgreSQL store's tests). open_store(**options) opens the registry; loaded() lists the entries read so
+    far (as their record `file`)."""
+    with open_store() as store:
         for i, sid in enumerate("abc"):
             add(store, sid, voice(i))
-    store = SpeakerStore(tmp_path, memory_entries=2)
+    store = open_store(memory_entries=2)
     files = {sid: store.show(sid).file for sid in "abc"}
     for sid in "abc":
         store.get(sid, FP)
-    assert reads == [files[s] for s in "abc"] and len(store._memory) == 2
+    assert loaded() == [files[s] for s in "abc"] and len(store._memory) == 2
     store.get("c", FP), store.get("b", FP)  # both held
-    assert len(reads) == 3
+    assert len(loaded()) == 3
     store.get("a", FP)  # evicted; reloading it evicts c, the least recently used
     store.get("b", FP)
     store.get("c", FP)
-    assert reads[3:] == [files["a"], files["c"]] and len(store._memory) == 2
-    nomem = SpeakerStore(tmp_path, memory_entries=0)
+    assert loaded()[3:] == [files["a"], files["c"]] and len(store._memory) == 2
+    nomem = open_store(memory_entries=0)
     nomem.get("a", FP), nomem.get("a", FP)
-    assert reads[5:] == [files["a"]] * 2
+    assert loaded()[5:] == [files["a"]] * 2
+
+
+def test_memory_lru_is_bounded(tmp_path, reads):
+    check_memory_lru(lambda **kw: SpeakerStore(tmp_path, **kw), lambda: reads)
 
 
 def test_writes_go_to_memory(tmp_path, reads):
@@ -147,30 +159,41 @@ def test_writes_go_to_memory(tmp_path, reads):
     assert reads == []
 
 
-def test_fingerprint_mismatch_is_refused(tmp_path):
-    store = SpeakerStore(tmp_path)
+def check_fingerprint_mismatch(open_store) -> None:
+    """An entry made by another model is refused (by this store and a fresh one on the same registry) until it is
+    registered again (shared by the SQLite and the PostgreSQL store tests; `open_store()` opens the registry)."""
+    store = open_store()
     add(store, "alice", voice(1), fp="model-A", source="alice.wav")
     with pytest.raises(FingerprintMismatchError,
                        match=r"'alice'.*different model.*alice\.wav.*speakers add alice AUDIO --overwrite"):
         store.get("alice", "model-B")
     with pytest.raises(FingerprintMismatchError):
-        SpeakerStore(tmp_path).get("alice", "model-B")  # refused before any tensor is read
+        open_store().get("alice", "model-B")  # refused before any tensor is read
     add(store, "alice", voice(2), fp="model-B", overwrite=True)  # re-registering is the cure
     assert_same(store.get("alice", "model-B"), voice(2))
     with pytest.raises(FingerprintMismatchError):
         store.get("alice", "model-A")
 
 
-def test_unknown_speaker(tmp_path):
-    store = SpeakerStore(tmp_path)
+def check_unknown_speaker(store, where: str = "") -> None:
+    """An unknown id, in an empty registry and among others (named, with how to list them); `where`: a pattern
+    the message must show between the id and the ids."""
     with pytest.raises(UnknownSpeakerError, match=r"'carol'.*no speakers are registered.*speakers list"):
         store.get("carol", FP)
     add(store, "alice", voice(1))
     add(store, "bob", voice(2))
     for call in (lambda: store.get("carol", FP), lambda: store.show("carol"), lambda: store.remove("carol")):
-        with pytest.raises(UnknownSpeakerError, match=r"no speaker 'carol'.*alice, bob.*list them") as e:
+        with pytest.raises(UnknownSpeakerError, match=rf"no speaker 'carol'{where}.*alice, bob.*list them") as e:
             call()
         assert isinstance(e.value, IndexTTSFastError) and isinstance(e.value, LookupError)
+
+
+def test_fingerprint_mismatch_is_refused(tmp_path):
+    check_fingerprint_mismatch(lambda: SpeakerStore(tmp_path))
+
+
+def test_unknown_speaker(tmp_path):
+    check_unknown_speaker(SpeakerStore(tmp_path))
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a\\b", "../x", ".", "..", ".hidden", "-rf", "a b", "tab\t", "nul\0",

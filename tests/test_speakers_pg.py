@@ -34,7 +34,8 @@ from indextts_fast.speakers import (PAUSE_ENV, FingerprintMismatchError, Speaker
                                     SpeakerIdError, SpeakerStore, StoreCorruptError, UnknownSpeakerError, open_store,
                                     sha256_of)
 from conftest import free_port as _free_port
-from test_speakers import AUDIO, FP, W, add, assert_same, posix_only, voice, wait_for_line
+from test_speakers import (AUDIO, FP, W, add, assert_same, check_fingerprint_mismatch, check_memory_lru,
+                           check_survives_reopening, check_unknown_speaker, posix_only, voice, wait_for_line)
 
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 if not INITDB:
@@ -114,15 +115,7 @@ def test_round_trip_is_exact_and_private(url):
 
 
 def test_registry_survives_reopening(url):
-    with PostgresSpeakerStore(url) as store:
-        add(store, "bob", voice(1), source="b.wav")
-        add(store, "alice", voice(2))
-        before = store.list()
-    again = PostgresSpeakerStore(url)
-    assert again.list() == before and [r.speaker_id for r in before] == ["alice", "bob"]
-    assert again.show("bob") == before[1]
-    assert_same(again.get("bob", FP), voice(1))
-    assert_same(again.get("alice", FP), voice(2))
+    check_survives_reopening(lambda: PostgresSpeakerStore(url))
 
 
 def test_memory_hit_is_one_query_and_no_tensor_transfer(url, fetches, queries):
@@ -141,23 +134,7 @@ def test_memory_hit_is_one_query_and_no_tensor_transfer(url, fetches, queries):
 
 
 def test_memory_lru_is_bounded(url, fetches):
-    with PostgresSpeakerStore(url) as store:
-        for i, sid in enumerate("abc"):
-            add(store, sid, voice(i))
-    store = PostgresSpeakerStore(url, memory_entries=2)
-    ver = {sid: store.show(sid).file for sid in "abc"}
-    for sid in "abc":
-        store.get(sid, FP)
-    assert versions(fetches) == [ver[s] for s in "abc"] and len(store._memory) == 2
-    store.get("c", FP), store.get("b", FP)  # both held
-    assert len(fetches) == 3
-    store.get("a", FP)  # evicted; reloading it evicts c, the least recently used
-    store.get("b", FP)
-    store.get("c", FP)
-    assert versions(fetches)[3:] == [ver["a"], ver["c"]] and len(store._memory) == 2
-    nomem = PostgresSpeakerStore(url, memory_entries=0)
-    nomem.get("a", FP), nomem.get("a", FP)
-    assert versions(fetches)[5:] == [ver["a"]] * 2
+    check_memory_lru(lambda **kw: PostgresSpeakerStore(url, **kw), lambda: versions(fetches))
 
 
 def test_writes_go_to_memory(url, fetches):
@@ -168,29 +145,16 @@ def test_writes_go_to_memory(url, fetches):
 
 
 def test_fingerprint_mismatch_is_refused(url, fetches):
+    check_fingerprint_mismatch(lambda: PostgresSpeakerStore(url))
+    fetches.clear()
     store = PostgresSpeakerStore(url)
-    add(store, "alice", voice(1), fp="model-A", source="alice.wav")
-    with pytest.raises(FingerprintMismatchError,
-                       match=r"'alice'.*different model.*alice\.wav.*speakers add alice AUDIO --overwrite"):
-        store.get("alice", "model-B")
-    with pytest.raises(FingerprintMismatchError):
-        PostgresSpeakerStore(url).get("alice", "model-B")
-    assert fetches == []  # refused before any tensor is read
-    add(store, "alice", voice(2), fp="model-B", overwrite=True)  # re-registering is the cure
-    assert_same(store.get("alice", "model-B"), voice(2))
     with pytest.raises(FingerprintMismatchError):
         store.get("alice", "model-A")
+    assert fetches == []  # refused before any tensor is read
 
 
 def test_unknown_speaker(url):
-    store = PostgresSpeakerStore(url)
-    with pytest.raises(UnknownSpeakerError, match=r"'carol'.*no speakers are registered.*speakers list"):
-        store.get("carol", FP)
-    add(store, "alice", voice(1))
-    add(store, "bob", voice(2))
-    for call in (lambda: store.get("carol", FP), lambda: store.show("carol"), lambda: store.remove("carol")):
-        with pytest.raises(UnknownSpeakerError, match=r"no speaker 'carol' in postgresql://.*alice, bob.*list them"):
-            call()
+    check_unknown_speaker(PostgresSpeakerStore(url), where=" in postgresql://")
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "../x", ".hidden", "-rf", "a b", "nul\0", "é", "x" * 65, None, b"bob"])

@@ -252,6 +252,15 @@ class RegistryQueries:
     _PH = "?"
     _COLS = "speaker_id, audio_sha256, model_fingerprint, created, source, duration_s, tensors, file"
 
+    def _check_put(self, speaker_id: str, model_fingerprint: str, audio_sha256: str, overwrite: bool) -> None:
+        """A put's arguments, and an early SpeakerExistsError before any tensor is written (the write itself
+        decides races)."""
+        validate_speaker_id(speaker_id)
+        _check_fingerprint(model_fingerprint)
+        _check_sha(audio_sha256)
+        if not overwrite and self._query(f"SELECT 1 FROM speakers WHERE speaker_id = {self._PH}", (speaker_id,)):
+            raise _exists(speaker_id)
+
     def _unknown(self, speaker_id: str) -> UnknownSpeakerError:
         ids = [r[0] for r in self._query("SELECT speaker_id FROM speakers ORDER BY speaker_id LIMIT 11")]
         return _unknown_error(speaker_id, ids, self.root)
@@ -446,11 +455,7 @@ class SpeakerStore(RegistryQueries):
             audio_sha256: str, source: Optional[str] = None, duration_s: Optional[float] = None,
             overwrite: bool = False) -> SpeakerRecord:
         """Register `tensors` (derived from a reference clip) under `speaker_id`."""
-        validate_speaker_id(speaker_id)
-        _check_fingerprint(model_fingerprint)
-        _check_sha(audio_sha256)
-        if not overwrite and self._query("SELECT 1 FROM speakers WHERE speaker_id = ?", (speaker_id,)):
-            raise _exists(speaker_id)
+        self._check_put(speaker_id, model_fingerprint, audio_sha256, overwrite)
         meta = dict(audio_sha256=audio_sha256, model_fingerprint=model_fingerprint, created=time.time(),
                     source=source, duration_s=None if duration_s is None else float(duration_s))
         self._put("speakers", {"speaker_id": speaker_id}, meta, tensors, overwrite)

@@ -253,11 +253,7 @@ class PostgresSpeakerStore(RegistryQueries):
             audio_sha256: str, source: Optional[str] = None, duration_s: Optional[float] = None,
             overwrite: bool = False) -> SpeakerRecord:
         """Register `tensors` (derived from a reference clip) under `speaker_id`."""
-        validate_speaker_id(speaker_id)
-        _check_fingerprint(model_fingerprint)
-        _check_sha(audio_sha256)
-        if not overwrite and self._query("SELECT 1 FROM speakers WHERE speaker_id = %s", (speaker_id,)):
-            raise _exists(speaker_id)  # early, before sending the tensors; _put decides races
+        self._check_put(speaker_id, model_fingerprint, audio_sha256, overwrite)   # _put decides races
         row = dict(speaker_id=speaker_id, audio_sha256=audio_sha256, model_fingerprint=model_fingerprint,
                    created=time.time(), source=source, duration_s=None if duration_s is None else float(duration_s))
         written = self._put("speakers", row, tensors, overwrite)
