@@ -296,10 +296,10 @@ def test_a_failure_before_the_first_audio_gets_a_status(engine, monkeypatch):
 
 def test_concurrent_requests_are_batched_and_give_their_audio_alone(served, engine):
     """Continuous batching behind the API: 4 different seeded requests at once return the bytes each returns
-    alone, and their decode steps shared model calls."""
+    alone, and their decode steps shared model calls (80 codes each: decoding long enough to overlap)."""
     texts = ["Hello there.", "A second voice request.", "Third one, a little longer than the others.", "Four."]
     alone = [served.client().audio.speech.create(model="indextts2", voice="alice", input=t, response_format="wav",
-                                                 extra_body={**SMALL, "max_mel_tokens": 20, "seed": 20 + i}).content
+                                                 extra_body={**SMALL, "max_mel_tokens": 80, "seed": 20 + i}).content
              for i, t in enumerate(texts)]
     batcher = served.app.state.batcher
     before = (batcher.stats.decode_calls, batcher.stats.decode_rows)
@@ -308,7 +308,7 @@ def test_concurrent_requests_are_batched_and_give_their_audio_alone(served, engi
     def run(i):
         together[i] = served.client().audio.speech.create(
             model="indextts2", voice="alice", input=texts[i], response_format="wav",
-            extra_body={**SMALL, "max_mel_tokens": 20, "seed": 20 + i}).content
+            extra_body={**SMALL, "max_mel_tokens": 80, "seed": 20 + i}).content
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(texts))]
     for t in threads:
