@@ -7,11 +7,20 @@ Output-shaping official quirks are reproduced and named where they happen ("Offi
 
 Speed (gpt-fast style): `prefill` and `decode_step` are separate functions; the prompt is run once with
 batch 1 and its keys/values are shared by all beams; generated keys/values are never copied when beams are
-reordered (each row keeps the list of cache slots of its ancestry, see `KVCache`).
+reordered (each row keeps the list of cache slots of its ancestry, see `KVCache`; each row attends its prompt
+and its own ancestry only).
+
+Continuous batching: a generation is a `Search` (`SampleSearch`, `BeamSearch`) advanced one step at a time;
+`step_all(model, searches)` runs one decode step of any number of searches in ONE model call (`forward_rows`:
+every request's rows through the projections together, each request's attention on its own cache), each keeping
+its own options and generator. `batch_rows(model)` says how many rows a call may hold with every row's result
+independent of the others (the precision plan's row kernels), so a request decodes the same bits alone or in
+any batch. `generate` is one search run alone through `step_all`.
 
 Public API:
 - `DecodingOptions(...)`: one validated, immutable set of options (defaults = infer_v2's).
 - `generate(model, spk_latent, text_ids, emovec, options, generator=None) -> Generation`
+- `search(...) -> Search` (checked, not started), `Search.start()`, `step_all(model, searches)`
 - `trim_codes(codes, stop_token) -> (codes, code_lens, hit_max_tokens)`
 """
 

@@ -24,6 +24,10 @@ The stages themselves are stages.py's functions (one chain: parity, fidelity and
 too); this module adds what a request needs around them: conditioning caches (in memory, and the speaker
 store on disk), emotion control, seeds, timing, streaming and assembly.
 
+Flows: a request is `Engine.flow(...)`, a generator over its whole chain that yields the work it needs done
+(a decoding.Search, a models.s2mel.Euler) and its AudioChunks; `stream`/`synthesize` run it alone
+(`run_alone`), batcher.Batcher runs many flows together (continuous batching), with the same bits per request.
+
 Threads: an Engine may be called from several threads at once. The models are only read during
 inference; the shared caches, the extraction counter and the lazily loaded emotion classifier are guarded
 by one lock, and the text front end (WeTextProcessing) runs under its own lock. Requests otherwise run in

@@ -12,7 +12,9 @@
 `Engine` (pipeline.py), the parity checks, fidelity and the benches call these; each runs its stage at the
 plan's precision (bf16 autocast where the plan says so) and returns fp32. Each takes explicit inputs and
 holds no state between calls, so a caller can run them per segment (streaming) or for several requests at
-once (batching).
+once (batching). The two iterative stages also come in steps, for batcher.Batcher: `code_search` (a
+decoding.Search that decoding.step_all advances with other requests') + `search_codes`, and `s2mel_begin` /
+`s2mel_step` / `s2mel_mel` (one Euler step at a time); `generate_codes` and `s2mel_generate` run them alone.
 """
 
 from __future__ import annotations
