@@ -143,11 +143,13 @@ def test_a_closed_ticket_leaves_at_the_next_round_and_frees_its_place(tiny_dir, 
     first = batcher.stream("A long request. " * 8, voice=voices["prompt"], preset="extreme", seed=1,
                            max_text_tokens_per_segment=20, **SHORT)
     second = batcher.stream("Next.", voice=voices["prompt"], preset="extreme", seed=2, **SHORT)
+    third = batcher.stream("Never mind.", voice=voices["prompt"], preset="extreme", seed=3, **SHORT)
+    third.close()        # given up while it still waits: it never starts
     next(first)          # its first segment came out; then the client goes away
     first.close()
-    assert len(list(second)) == 1 and list(first) == []
+    assert len(list(second)) == 1 and list(first) == [] and list(third) == []
     batcher.close()
-    assert batcher.stats.requests == 1 and batcher.load == (0, 0)
+    assert batcher.stats.requests == 1 and batcher.load == (0, 0) and third.rounds == 0
 
 
 def test_errors_reach_their_own_request_only(tiny_dir, voices, monkeypatch, one_thread):

@@ -166,7 +166,11 @@ class Batcher:
                     return
                 admitted = []
                 while self._waiting and len(self._active) + len(admitted) < self.max_active:
-                    admitted.append(self._waiting.popleft())
+                    job = self._waiting.popleft()
+                    if job.cancelled.is_set():   # closed while it waited: never started
+                        self._end(job, None)
+                    else:
+                        admitted.append(job)
                 self._active.extend(admitted)
                 for job in self._waiting:
                     job.waited += 1
