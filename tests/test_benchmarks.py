@@ -54,3 +54,21 @@ def test_serve_bench_runs_bounded_levels_with_no_errors(tiny_dir, tmp_path):
     assert [lv["concurrency"] for lv in result["levels"]] == [1, 3]
     assert all(lv["ok"] == 4 and lv["errors"] == 0 and lv["p50_s"] > 0 for lv in result["levels"])
     assert result["rss_start_bytes"] > 0 and (tmp_path / "serve.png").stat().st_size > 1000
+
+
+def test_batch_bench_reports_every_level_and_mode(tiny_dir, tmp_path):
+    """bench batch on the tiny model: the batcher levels (rates and ratios to c = 1 from the same run, seconds per
+    phase), the GPT alone, and the newcomer's first audio under load."""
+    out = tmp_path / "batch.json"
+    common = ["bench", "batch", "--model-dir", str(tiny_dir), "--threads", "1", "--precision", "fp32",
+              "--preset", "extreme", "--codes", "12"]
+    assert main([*common, "--concurrency", "1", "3", "--json", str(out), "--plot", str(tmp_path / "b.png")]) == 0
+    levels = json.loads(out.read_text())["levels"]
+    assert [lv["concurrency"] for lv in levels] == [1, 3] and levels[0]["codes_per_s_x"] == 1.0
+    assert levels[1]["codes"] == 3 * 12 and levels[1]["rows_per_call"] > 1          # the 3 shared decode calls
+    assert all(lv["audio_s_per_s"] > 0 and lv["decode_s"] > 0 and lv["s2mel_s"] > 0 for lv in levels)
+    assert main([*common, "--concurrency", "1", "2", "--gpt-only", "--repeat", "1", "--json", str(out)]) == 0
+    assert [lv["codes_per_s"] > 0 for lv in json.loads(out.read_text())["levels"]] == [True, True]
+    assert main([*common, "--concurrency", "3", "--newcomer", "--json", str(out)]) == 0
+    late = json.loads(out.read_text())
+    assert late["others"] == 2 and 0 < late["first_audio_alone_s"] and 0 < late["first_audio_loaded_s"]

@@ -188,7 +188,7 @@ class Batcher:
             else:
                 job.rounds += 1
         fresh = next((j for j in self._active if isinstance(j.work, Search) and j.work.steps == 0), None)
-        if fresh is not None and self._timed("prefill", fresh, fresh.work.start):
+        if fresh is not None and self._timed("prefill", [fresh], fresh.work.start):
             st.prefills += 1
             st.codes += 1
             if fresh.work.done:
@@ -203,7 +203,7 @@ class Batcher:
             if job in self._active and job.work.done:
                 self._resume(job)
         for job in [j for j in self._active if isinstance(j.work, Euler)]:
-            if self._timed("s2mel", job, lambda: stages.s2mel_step(self.models, job.work)):
+            if self._timed("s2mel", [job], lambda: stages.s2mel_step(self.models, job.work)):
                 st.dit_steps += 1
                 if job.work.done:
                     self._resume(job)
@@ -221,14 +221,14 @@ class Batcher:
                 rows = job.work.rows
         return calls
 
-    def _timed(self, stage: str, jobs, fn) -> bool:
+    def _timed(self, stage: str, jobs: list[_Job], fn) -> bool:
         """Run fn; a failure ends the request(s) it was run for with that error. True when it succeeded."""
         t0 = time.perf_counter()
         try:
             fn()
             return True
         except Exception as e:   # noqa: BLE001  (handed to the request's consumer)
-            for job in jobs if isinstance(jobs, list) else [jobs]:
+            for job in jobs:
                 self._end(job, e)
             return False
         finally:

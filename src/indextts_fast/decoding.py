@@ -338,6 +338,7 @@ class Search:
     options, random generator, KV cache and trace; `codes` is the result."""
 
     rows: int
+    text_tokens: int = 0      # the segment's text length (warn_if_cut's message)
 
     def __init__(self, model: UnifiedVoice, prompt: torch.Tensor, valid: torch.Tensor, options: DecodingOptions,
                  generator: Optional[torch.Generator], trace: Optional[Trace]):

@@ -162,7 +162,11 @@ class Int8Linear(nn.Module):
         self.kernel_rows = GEMV_ROWS if caps.native_bf16 else None   # rows the kernel takes (None: any)
         if packed is not None and self.kernel_rows is None:
             self.qweight = None   # every row count takes the packed copy: one int8 copy of the weights, not two
-        self.batch_rows = GEMV_ROWS if packed is not None else 0   # row-invariant up to this many rows (decoding)
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows one call may take with every row's result independent of the others (decoding.batch_rows)."""
+        return GEMV_ROWS if self.packed is not None else 0
 
     def dequantized(self) -> torch.Tensor:
         return self.qweight.to(torch.bfloat16) * self.scale[:, None]
@@ -203,7 +207,11 @@ class Fp32Linear(nn.Module):
         caps = caps or detect()
         on_cpu = weight.device.type == "cpu"
         self.rows = GEMV_ROWS if on_cpu and caps.at_least("avx2") and caps.tier != "neon" else 0
-        self.batch_rows = self.rows   # row-invariant up to this many rows (decoding.batch_rows)
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows one call may take with every row's result independent of the others: the row kernel's."""
+        return self.rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _2d(x)
@@ -273,10 +281,15 @@ class DynamicInt8Linear(nn.Module):
         else:
             self.packed = fbgemm_prepack(q, scale, self.bias_f32)
         self.kernel = kernels.load()
-        self.batch_rows = GEMV_ROWS if self.kernel is not None else 0   # per-row quantisation: row-invariant
         if self.kernel is not None:
             for name, t in pack_vnni(q, scale, bias).items():
                 self.register_buffer(name, t)
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows one call may take with every row's result independent of the others (the VNNI/AMX GEMV:
+        activations quantised per row)."""
+        return GEMV_ROWS if self.kernel is not None else 0
 
     def gemm(self, x: torch.Tensor) -> torch.Tensor:
         """Any number of contiguous fp32 rows: oneDNN (activations per tensor), else fbgemm."""
@@ -292,9 +305,10 @@ class DynamicInt8Linear(nn.Module):
                 and x.dtype == torch.float32 and x.is_contiguous() and x.device.type == "cpu")
 
     def gemv(self, x: torch.Tensor, ln: Optional[nn.LayerNorm] = None, residual: Optional[torch.Tensor] = None,
-             gelu: bool = False) -> torch.Tensor:
+             gelu: bool = False, amx: Optional[bool] = None) -> torch.Tensor:
         """The VNNI GEMV (x must pass `gemv_ok`) with what may be fused around it: a LayerNorm of x before
-        the product, then after bias either GPT-2's tanh GELU or `+ residual` (rows, out_features)."""
+        the product, then after bias either GPT-2's tanh GELU or `+ residual` (rows, out_features). From 4
+        rows on AMX tiles where the CPU has them (the same bits); amx=False keeps VPDPBUSD (benchmarks, tests)."""
         y = torch.empty(x.shape[0], self.out_features)
         if residual is not None:
             residual = residual.contiguous()
@@ -306,7 +320,7 @@ class DynamicInt8Linear(nn.Module):
                                    self.vnni.data_ptr(), self.wsum.data_ptr(), self.wscale.data_ptr(),
                                    self.wbias.data_ptr(), self.out_features,
                                    residual.data_ptr() if residual is not None else None, int(gelu), y.data_ptr(),
-                                   int(self.kernel.amx_int8)):
+                                   int(self.kernel.amx_int8 if amx is None else amx and self.kernel.amx_int8)):
             raise MemoryError("int8 GEMV kernel: no scratch memory")
         return y
 

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time only the GPT: c searches prefilled and stepped together (decoding.step_all) to the "
                         "forced codes, levels interleaved --repeat times, the best run of each level kept")
     p.add_argument("--repeat", type=int, default=3, help="runs per level with --gpt-only (default 3)")
+    p.add_argument("--newcomer", action="store_true",
+                   help="latency under load instead: a request's time to first audio alone, then arriving while "
+                        "c - 1 others (c = the largest --concurrency) are in their flow matching")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> dict:
     engine = Engine(folder, precision=args.precision, force_precision=args.force_precision)
     if args.gpt_only:
         return _gpt_only(engine, voice, args)
+    if args.newcomer:
+        return _newcomer(engine, voice, args)
     kw = dict(voice=voice, preset=args.preset, forced_codes=args.codes)
     list(engine.stream(args.text, seed=0, **kw))        # warm-up: conditioning cached, kernels built
     levels = []
@@ -110,6 +115,38 @@ def _gpt_only(engine, voice, args) -> dict:
                          ("codes_per_s_x", "x c=1", ".2f")]))
     return {"machine": machine(), "precision": engine.precision, "preset": args.preset, "codes": args.codes,
             "gpt_only": True, "repeat": args.repeat, "levels": levels}
+
+
+def _newcomer(engine, voice, args) -> dict:
+    """One request's time to first audio alone, then when it arrives while c - 1 others are diffusing."""
+    from ..batcher import Batcher
+
+    kw = dict(voice=voice, preset=args.preset, forced_codes=args.codes)
+    others = max(args.concurrency) - 1
+    batcher = Batcher(engine, max_active=others + 1)
+
+    def first_audio() -> float:
+        ticket = batcher.stream(args.text, seed=1, **kw)
+        t0 = time.perf_counter()
+        next(ticket)
+        seconds = time.perf_counter() - t0
+        list(ticket)
+        return seconds
+
+    list(engine.stream(args.text, seed=0, **kw))        # warm-up
+    alone = first_audio()
+    start = batcher.stats.dit_steps
+    background = [batcher.stream(f"Background request number {i}.", seed=10 + i, **kw) for i in range(others)]
+    while batcher.stats.dit_steps - start < others:     # they started together: all are in their flow matching
+        time.sleep(0.02)
+    loaded = first_audio()
+    for ticket in background:
+        list(ticket)
+    batcher.close()
+    print(f"first audio alone {alone:.2f} s; arriving while {others} others diffuse {loaded:.2f} s "
+          f"({loaded / alone:.2f}x)")
+    return {"machine": machine(), "precision": engine.precision, "preset": args.preset, "codes": args.codes,
+            "others": others, "first_audio_alone_s": alone, "first_audio_loaded_s": loaded}
 
 
 def _plot(levels: list[dict], path: str) -> None:

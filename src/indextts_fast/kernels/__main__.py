@@ -1,7 +1,8 @@
-"""`python -m indextts_fast.kernels [--layers N] [--dim D] [--threads T]`: the int8 GEMV against fbgemm's
-dynamic linear on the projections of N GPT-2 layers of width D (random weights, larger than the CPU caches
-at the defaults: 24 x 1280, the full-size IndexTTS2 GPT), 1 to 4 rows, in one run: ms per sweep and the
-weight bytes read per second. Then, where the CPU has AMX or AVX512-BF16, the DiT's bf16 attention (CFG
+"""`python -m indextts_fast.kernels [--layers N] [--dim D] [--threads T] [--rows 1 2 3 4 12]`: the int8 GEMV
+(VPDPBUSD, and on AMX tiles where the CPU has AMX-INT8) against fbgemm's dynamic linear on the projections of
+N GPT-2 layers of width D (random weights, larger than the CPU caches at the defaults: 24 x 1280, the
+full-size IndexTTS2 GPT), per row count (12 = 4 requests of 3 beams in one batched step), in one run: ms per
+sweep and the weight bytes read per second. Then, where the CPU has AMX or AVX512-BF16, the DiT's bf16 attention (CFG
 batch of 2, 8 heads of 64, T frames; default 611 = a 4.1 s prompt + 150 codes): our kernel against
 torch's SDPA, ms per call and GFLOP/s."""
 
@@ -25,6 +26,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--frames", type=int, default=611, help="DiT attention length T (default 611)")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 12], help="rows per product (default 1 2 3 4 12)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if load() is None:
@@ -36,10 +38,12 @@ def main() -> None:
     fbgemm = [fbgemm_prepack(*quantize_int8(w), torch.zeros(w.shape[0])) for w in weights]
     weight_bytes = sum(o * i for o, i in shapes)
     rows = []
-    for m in (1, 2, 3, 4):
+    for m in args.rows:
         xs = [torch.randn(m, i, generator=gen) for _, i in shapes]
-        kernels = {"VNNI GEMV": lambda: [lin(x) for lin, x in zip(layers, xs)],
+        kernels = {"VNNI GEMV": lambda: [lin.gemv(x, amx=False) for lin, x in zip(layers, xs)],
                    "fbgemm": lambda: [torch.ops.quantized.linear_dynamic(x, p, False) for p, x in zip(fbgemm, xs)]}
+        if load().amx_int8 and m >= 4:
+            kernels["AMX GEMV"] = lambda: [lin.gemv(x, amx=True) for lin, x in zip(layers, xs)]
         times = {name: [] for name in kernels}
         for _ in range(args.repeat):            # interleaved, so that both see the same machine
             for name, fn in kernels.items():

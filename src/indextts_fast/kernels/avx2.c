@@ -325,6 +325,21 @@ static void step_product(const int16_t *xq, const float *xs, int S, int K, const
     }
 }
 
+/* A step's groups (kernels.h) checked against its S rows: -1 when a group is malformed or their rows do not add
+   up to S, else the attention scratch they need (H·(nkeys + pad) floats each); with first and at, also each
+   group's first row and scratch offset. Shared by both whole-step kernels (gpt_step.c, below). */
+long itf_groups_layout(const itf_group_t *groups, int G, int S, int H, int pad, int *first, size_t *at) {
+    long rows = 0, scratch = 0;
+    for (int g = 0; g < G; g++) {
+        const itf_group_t *gr = groups + g;
+        if (gr->rows < 1 || gr->lo < 0 || gr->nkeys < 1 || gr->nkeys > gr->lo + gr->rows) return -1;
+        if (first) first[g] = (int)rows, at[g] = (size_t)scratch;
+        rows += gr->rows;
+        scratch += (long)H * (gr->nkeys + pad);
+    }
+    return rows == S ? scratch : -1;
+}
+
 /* Head hh of the step's attention: the S query rows of qkv (row stride 3D) over this layer's k, v ((H, cap, d)
    with head stride hs); row r attends the L positions keys[r·L ..] (NULL: 0 .. L-1), as native.c's
    itf_attend_head. out (S, D) at this head's columns. sc: scratch of L + 8 floats. */
@@ -371,22 +386,15 @@ static void attend_head(int hh, const float *qkv, int D, const float *k, const f
 int itf_gpt_step_w8(float *x, int S, int D, int L, const itf_block_w8_t *blocks, float eps, int G,
                     const itf_group_t *groups, int H, int d, float scale) {
     if (d % 8 || d > 256 || D % 16 || S < 1 || G < 1 || H * d != D) return -2;
-    int F = 4 * D, total = 0;
-    size_t scratch = 0;
+    int F = 4 * D;
     int *first = malloc(sizeof(int) * (size_t)G);
     size_t *at = malloc(sizeof(size_t) * (size_t)G);
     if (!first || !at) { free(first); free(at); return -1; }
-    for (int g = 0; g < G; g++) {
-        if (groups[g].rows < 1 || groups[g].lo < 0) { free(first); free(at); return -2; }
-        first[g] = total, at[g] = scratch;
-        total += groups[g].rows;
-        if (groups[g].nkeys < 1 || groups[g].nkeys > groups[g].lo + groups[g].rows) { free(first); free(at); return -2; }
-        scratch += (size_t)H * (groups[g].nkeys + 8);
-    }
-    if (total != S) { free(first); free(at); return -2; }
+    long scratch = itf_groups_layout(groups, G, S, H, 8, first, at);
+    if (scratch < 0) { free(first); free(at); return -2; }
     float *qkv = malloc(sizeof(float) * (size_t)S * 3 * D), *a = malloc(sizeof(float) * (size_t)S * D);
     float *h = malloc(sizeof(float) * (size_t)S * F), *xn = malloc(sizeof(float) * (size_t)S * D);
-    float *sc = malloc(sizeof(float) * scratch), *xs = malloc(sizeof(float) * S);
+    float *sc = malloc(sizeof(float) * (size_t)scratch), *xs = malloc(sizeof(float) * S);
     int16_t *xq = malloc(sizeof(int16_t) * (size_t)S * F + 64);
     int ok = qkv && a && h && xn && sc && xs && xq;
     if (ok) {

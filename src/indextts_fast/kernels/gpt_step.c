@@ -78,16 +78,10 @@ static char *scratch_of(size_t bytes) {
 int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float eps, int G, const itf_group_t *groups,
                  int H, int d, float scale, int amx) {
     if (d % 16 || d > 256 || S < 1 || G < 1 || H * d != D) return -2;
-    int F = 4 * D, Dp = (D + 3) / 4 * 4, Fp = (F + 3) / 4 * 4, total = 0, S16 = (S + 15) / 16 * 16;
-    size_t keys = 0;
-    for (int g = 0; g < G; g++) {
-        const itf_group_t *gr = groups + g;
-        if (gr->rows < 1 || gr->lo < 0 || gr->nkeys < 1 || gr->nkeys > gr->lo + gr->rows) return -2;
-        total += gr->rows;
-        keys += (size_t)H * (gr->nkeys + 16);
-    }
-    if (total != S) return -2;
-    size_t need = 64 * 10 + sizeof(float) * ((size_t)S * (3 * D + D + F + D) + keys + 2 * S) + (size_t)S16 * Fp
+    int F = 4 * D, Dp = (D + 3) / 4 * 4, Fp = (F + 3) / 4 * 4, S16 = (S + 15) / 16 * 16;
+    long keys = itf_groups_layout(groups, G, S, H, 16, NULL, NULL);
+    if (keys < 0) return -2;
+    size_t need = 64 * 10 + sizeof(float) * ((size_t)S * (3 * D + D + F + D) + (size_t)keys + 2 * S) + (size_t)S16 * Fp
                   + (sizeof(int) + sizeof(size_t)) * G;
     char *base = scratch_of(need);
     if (!base) return -1;
@@ -103,10 +97,7 @@ int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float
     int *first = CARVE(int, G);
     size_t *at = CARVE(size_t, G);
     quantised_t in = {xq, sx, zp};
-    for (int g = 0, r = 0; g < G; g++) {
-        first[g] = r, at[g] = g ? at[g - 1] + (size_t)H * (groups[g - 1].nkeys + 16) : 0;
-        r += groups[g].rows;
-    }
+    itf_groups_layout(groups, G, S, H, 16, first, at);
     #pragma omp parallel
     {
         if (amx) itf_amx_tiles();   /* each thread's tile configuration */

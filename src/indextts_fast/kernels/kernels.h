@@ -12,6 +12,8 @@ typedef struct { const float *bias, *residual; int gelu; } epilogue_t;
    prompt and ancestry, the new position included), or 0 .. nkeys-1 when keys is NULL. Each group's attention
    is its own: a row's result does not depend on the other groups in the call. */
 typedef struct { int rows, lo; void *k, *v; long layer_stride, head_stride; const int32_t *keys; int nkeys; } itf_group_t;
+#include <stddef.h>
+long itf_groups_layout(const itf_group_t *groups, int G, int S, int H, int pad, int *first, size_t *at);   /* avx2.c */
 
 void itf_layer_norm_rows(const float *x, int M, int K, const float *w, const float *b, float eps, float *out);
 void itf_quantize_rows(const float *x, int M, int K, int Kp, uint8_t *xq, float *sx, int32_t *zp);
