@@ -43,6 +43,8 @@ from .int8gemm import onednn_prepack, quantize_activations, quantize_int8
 from .kernels import ops
 from .plan import STAGE_CHOICES, STAGES, PrecisionPlan  # noqa: F401  (STAGES re-exported)
 
+AMX_ROWS = 8     # int8 products of this many rows or more on AMX tiles (fewer: VPDPBUSD is as fast or faster,
+#                  `python -m indextts_fast.kernels`; kernels/gpt_step.c has the same threshold)
 GEMV_ROWS = 64  # the row-wise decode kernels serve up to this many rows (the beams of every request in a batched
 #                decode step: a row's result must not depend on how many rows share the call); more rows: a GEMM
 
@@ -307,8 +309,9 @@ class DynamicInt8Linear(nn.Module):
     def gemv(self, x: torch.Tensor, ln: Optional[nn.LayerNorm] = None, residual: Optional[torch.Tensor] = None,
              gelu: bool = False, amx: Optional[bool] = None) -> torch.Tensor:
         """The VNNI GEMV (x must pass `gemv_ok`) with what may be fused around it: a LayerNorm of x before
-        the product, then after bias either GPT-2's tanh GELU or `+ residual` (rows, out_features). From 4
-        rows on AMX tiles where the CPU has them (the same bits); amx=False keeps VPDPBUSD (benchmarks, tests)."""
+        the product, then after bias either GPT-2's tanh GELU or `+ residual` (rows, out_features). From
+        AMX_ROWS rows on AMX tiles where the CPU has them (the same bits); amx=True/False forces one or the
+        other (benchmarks, tests)."""
         y = torch.empty(x.shape[0], self.out_features)
         if residual is not None:
             residual = residual.contiguous()
@@ -320,7 +323,7 @@ class DynamicInt8Linear(nn.Module):
                                    self.vnni.data_ptr(), self.wsum.data_ptr(), self.wscale.data_ptr(),
                                    self.wbias.data_ptr(), self.out_features,
                                    residual.data_ptr() if residual is not None else None, int(gelu), y.data_ptr(),
-                                   int(self.kernel.amx_int8 if amx is None else amx and self.kernel.amx_int8)):
+                                   int(self.kernel.amx_int8 and (x.shape[0] >= AMX_ROWS if amx is None else amx))):
             raise MemoryError("int8 GEMV kernel: no scratch memory")
         return y
 

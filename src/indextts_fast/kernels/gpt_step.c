@@ -25,8 +25,8 @@ typedef struct {                 /* what the rows of one product share: quantise
     int32_t *zp;
 } quantised_t;
 
-/* AMX from this many rows (fewer: VPDPBUSD already runs at the weights' read speed); both give the same bits. */
-#define AMX_ROWS 4
+/* AMX from this many rows (fewer: VPDPBUSD is as fast or faster, `python -m indextts_fast.kernels`); the same bits. */
+#define AMX_ROWS 8
 
 static void product(const quantised_t *in, int S, int K, const itf_block_t *b, int i, int N, const float *residual,
                     int gelu, float *y, int amx) {
@@ -41,7 +41,7 @@ static void product(const quantised_t *in, int S, int K, const itf_block_t *b, i
 /* x (S, D) fp32, in place: the rows of G requests (itf_group_t, kernels.h), each with its own bf16 cache; the
    products run on all S rows at once (every weight read once per step, each row's result independent of the
    others: per-row quantisation, exact int32 sums), the attention per request and head. d a multiple of 16
-   (<= 256). amx: 1 to take the products of 4+ rows on AMX tiles (the CPU has AMX-INT8
+   (<= 256). amx: 1 to take the products of AMX_ROWS+ rows on AMX tiles (the CPU has AMX-INT8
    and itf_amx_init succeeded; the same bits as without). Returns 0, -1 without scratch memory, -2 for a bad
    shape. */
 /* LayerNorm (when w) and per-row quantisation of S rows, the rows split across the threads. */

@@ -172,12 +172,12 @@ void itf_gemv_group_amx(int g, const uint8_t *xq, const float *sx, const int32_t
 
 /* y (M, N) = epilogue(LN?(x) (M, K) · Wᵀ): ln_w/ln_b (K) or NULL for no LayerNorm; ws, wsum, bias padded
    to G*64 entries; residual (M, N) or NULL (may be y itself); gelu 0/1; amx 1: rows in blocks of 16 on AMX
-   tiles from 4 rows (K % 64 == 0; the CPU has AMX-INT8 and itf_amx_init succeeded), the same bits as VPDPBUSD.
+   tiles (K % 64 == 0; the CPU has AMX-INT8 and itf_amx_init succeeded), the same bits as VPDPBUSD.
    Returns 0, or -1 when scratch memory is not available. */
 int itf_gemv_s8(const float *x, int M, int K, const float *ln_w, const float *ln_b, float ln_eps,
                 const int8_t *wp, const int32_t *wsum, const float *ws, const float *bias, int N,
                 const float *residual, int gelu, float *y, int amx) {
-    int Kp = (K + 3) / 4 * 4, G = (N + 63) / 64, tiles = amx && M >= 4 && K % 64 == 0;
+    int Kp = (K + 3) / 4 * 4, G = (N + 63) / 64, tiles = amx && K % 64 == 0;
     epilogue_t ep = {bias, residual, gelu};
     uint8_t *xq = (uint8_t *)aligned_alloc(64, ((size_t)(M + 15) / 16 * 16 * Kp + 63) / 64 * 64);
     float *sx = (float *)malloc(sizeof(float) * (size_t)M);
