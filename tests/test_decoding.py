@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from indextts_fast.decoding import (DecodingOptions, KVCache, MaxMelTokensWarning, apply_top_k, apply_top_p,
-                                    decode_step, generate, prefill, process_scores, trim_codes, _history)
+from indextts_fast.decoding import (DecodingOptions, KVCache, MaxMelTokensWarning, decode_step, generate, prefill,
+                                    trim_codes, _history)
+from indextts_fast.sampling import process_scores
 from indextts_fast.errors import OptionError
 from indextts_fast.models.gpt import causal_attend, load_gpt
 
@@ -54,15 +55,6 @@ def test_options_num_return_sequences_per_mode():
         DecodingOptions(num_beams=1, do_sample=False, num_return_sequences=2)
     assert DecodingOptions(num_beams=1, do_sample=True, num_return_sequences=3).mode == "sample"
     assert DecodingOptions(num_beams=4, do_sample=False, num_return_sequences=4).mode == "beam_search"
-
-
-def test_top_k_keeps_ties_and_top_p_keeps_min_tokens():
-    s = torch.tensor([[3.0, 2.0, 2.0, 1.0, 0.0]])
-    assert torch.isfinite(apply_top_k(s, 2)).tolist() == [[True, True, True, False, False]]
-    assert torch.isfinite(apply_top_k(s, 1, min_keep=2)).sum() == 3
-    dominant = torch.tensor([[20.0, 0.0, 0.0, 0.0]])
-    assert torch.isfinite(apply_top_p(dominant, 0.8)).sum() == 1
-    assert torch.isfinite(apply_top_p(dominant, 0.8, min_keep=2)).sum() == 2
 
 
 def test_repetition_penalty_hits_fake_prompt_ids(model):

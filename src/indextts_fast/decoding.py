@@ -37,58 +37,12 @@ import torch.nn.functional as F
 from .errors import OptionError
 from .options import DecodingOptions  # noqa: F401  (re-exported)
 from .kernels import ops
+from .sampling import multinomial, process_scores
 from .models.gpt import UnifiedVoice, check_conditioning, check_ids, merge_heads, split_heads
 
 
 class MaxMelTokensWarning(RuntimeWarning):
     """Generation was cut at `max_mel_tokens` before a stop code (infer_v2 warns the same way)."""
-
-
-# ---- options: options.DecodingOptions (torch-free), re-exported here -----------------------------------
-
-
-# ---- logits processors (row-wise, float32; HF transformers 4.52.1 semantics) ------------------------
-
-def apply_repetition_penalty(scores: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Every id present in the row's history once: score < 0 -> score·p, else score / p."""
-    picked = scores.gather(1, history)
-    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
-    return scores.scatter(1, history, picked)
-
-
-def apply_top_k(scores: torch.Tensor, top_k: int, min_keep: int = 1) -> torch.Tensor:
-    """Scores strictly below the k'-th largest (k' = max(k, min_keep)) become -inf; ties are kept."""
-    k = min(max(top_k, min_keep), scores.shape[-1])
-    kth = torch.topk(scores, k)[0][..., -1, None]
-    return scores.masked_fill(scores < kth, -math.inf)
-
-
-def apply_top_p(scores: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.Tensor:
-    """Drop the tokens whose ascending cumulative probability is <= 1 - p, keeping the `min_keep` largest."""
-    sorted_scores, order = torch.sort(scores, descending=False)
-    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - top_p)
-    remove[..., -min_keep:] = False
-    return scores.masked_fill(remove.scatter(1, order, remove), -math.inf)
-
-
-def process_scores(scores: torch.Tensor, history: torch.Tensor, options: DecodingOptions, generated: int,
-                   stop_token: int) -> torch.Tensor:
-    """The official processor list, in its order: repetition penalty, min-new-tokens, then (sampling only)
-    temperature, top-k, top-p. `history`: the ids the penalty sees; `generated`: codes generated so far."""
-    if options.repetition_penalty != 1.0:
-        scores = apply_repetition_penalty(scores, history, options.repetition_penalty)
-    if generated < options.min_new_tokens:
-        scores = scores.clone()
-        scores[:, stop_token] = -math.inf
-    if options.do_sample:
-        if options.temperature != 1.0:
-            scores = scores / options.temperature
-        if options.top_k != 0:
-            scores = apply_top_k(scores, options.top_k, options.min_tokens_to_keep)
-        if options.top_p < 1.0:
-            scores = apply_top_p(scores, options.top_p, options.min_tokens_to_keep)
-    return scores
 
 
 # ---- KV cache, prefill and decode step ---------------------------------------------------------------
@@ -400,7 +354,7 @@ class SampleSearch(Search):
         stop = cfg.stop_mel_token
         scores = process_scores(logits.float(), _history(self.seqs, cfg), o, self.step, stop)
         if o.do_sample:
-            tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator).squeeze(1)
+            tokens = multinomial(torch.softmax(scores, dim=-1), 1, self.generator).squeeze(1)
         else:
             tokens = torch.argmax(scores, dim=-1)
         tokens = torch.where(self.unfinished, tokens, stop)        # finished rows receive the pad code 8193
@@ -432,7 +386,7 @@ class BeamSearch(Search):
         flat = (scores + self.beam_scores[:, None]).view(1, nb * vocab)
         n_candidates = 2 * nb                      # HF: max(2, 1 + number of stop ids) · num_beams
         if o.do_sample:
-            picked = torch.multinomial(torch.softmax(flat, dim=-1), n_candidates, generator=self.generator)
+            picked = multinomial(torch.softmax(flat, dim=-1), n_candidates, self.generator)
             cand, order = torch.sort(flat.gather(1, picked), descending=True, dim=1)
             picked = picked.gather(1, order)
         else:

@@ -139,6 +139,9 @@ void itf_gemv_group(int g, const uint8_t *xq, const float *sx, const int32_t *zp
     }
 }
 
+#ifndef AMX_PREFETCH
+#define AMX_PREFETCH 4096 /* bytes ahead in the weight stream: tile loads do not wake the hardware prefetchers */
+#endif
 /* Outputs g*64 .. g*64+63 of every row on AMX: per block of 16 rows, four 16x16 int32 C tiles (one per 16
    outputs) accumulate A (16 rows x 64 k of xq) times B (16 k-quads x 16 outputs: pack_vnni's layout is
    already the B tile's, 256 bytes between k-quads). Exact integer sums like VPDPBUSD's, then store16. */
@@ -152,6 +155,8 @@ void itf_gemv_group_amx(int g, const uint8_t *xq, const float *sx, const int32_t
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
         for (int k4 = 0; k4 < K4; k4 += 16) {
             const int8_t *b = w + (size_t)k4 * 256;
+            for (int line = 0; line < 4096; line += 64)      /* the next k block's 4 KB of weights */
+                _mm_prefetch((const char *)b + AMX_PREFETCH + line, _MM_HINT_T0);
             _tile_loadd(4, xq + (size_t)m0 * K + 4 * k4, K);
             _tile_loadd(5, b, 256);
             _tile_loadd(6, b + 64, 256);

@@ -63,6 +63,29 @@ def gemm_f32_rows(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]
     return y
 
 
+def exponential_pick(probs: torch.Tensor, k: int,
+                     generator: torch.Generator) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """torch.multinomial's draw without replacement (rng.c) for contiguous fp32 probs (rows, n) on the CPU:
+    (ratio, picked): ratio = probs / q where probs > 0 (else 0), q the Exp(1) draws torch would make with
+    `generator`, which is advanced as torch advances it; picked (rows, k) each row's k largest ratios' columns,
+    descending, or None where torch's ranking of `ratio` must decide (ties, fewer than k positive entries).
+    None (the generator untouched) where the kernel does not take the input, probs is not a distribution
+    torch.multinomial accepts, or a draw is one torch would turn into NaN."""
+    lib = portable()
+    if lib is None or probs.dtype != torch.float32 or probs.device.type != "cpu" or not probs.is_contiguous() \
+            or probs.dim() != 2 or generator.device.type != "cpu" or not 0 < k <= min(64, probs.shape[1]):
+        return None
+    state = generator.get_state()
+    ratio = torch.empty_like(probs)
+    picked = torch.empty(probs.shape[0], k, dtype=torch.long)
+    rc = lib.itf_exponential_ratio(state.data_ptr(), probs.data_ptr(), probs.shape[0], probs.shape[1], k,
+                                   ratio.data_ptr(), picked.data_ptr())
+    if rc == 1:
+        return None
+    generator.set_state(state)
+    return ratio, (picked if rc == 0 else None)
+
+
 def quantize_u8(x: torch.Tensor, qmax: int = 255) -> Optional[tuple[torch.Tensor, float, int]]:
     """Contiguous fp32 (or, with the AVX-512 library and qmax 255, bf16) x on the CPU -> (unsigned x in
     [0, qmax], scale, zero point) per tensor in one C pass: x ≈ (q - zp)·scale, 0 exact (the formula of

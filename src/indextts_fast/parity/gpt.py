@@ -16,8 +16,8 @@ import torch
 
 from ..plan import make_plan
 from ..precision import apply_plan
-from ..decoding import (DecodingOptions, MaxMelTokensWarning, apply_repetition_penalty, apply_top_k,
-                        generate, process_scores, trim_codes)
+from ..decoding import DecodingOptions, MaxMelTokensWarning, generate, trim_codes
+from ..sampling import apply_repetition_penalty, apply_top_k, process_scores
 from ..emotion import EmotionMatrices, emovec_from_weights
 from ..models.gpt import load_gpt
 from . import CaseResult, Goldens, check_fact, compare

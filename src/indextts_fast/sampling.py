@@ -1,0 +1,116 @@
+"""The official logits processors and torch's multinomial draw, with the same bits, for a fraction of the work.
+
+The processors (HF transformers 4.52.1 semantics, SPEC-gpt.md §9): repetition penalty, min-new-tokens, then
+(sampling only) temperature, top-k, top-p. Two of torch's operations dominate a sampled decode step's choice
+of codes (measured with `python -m indextts_fast.sampling`, 3 beams over 8194 codes): the full sort of
+`apply_top_p`, and the exponential draws of `torch.multinomial` (one per code and beam, each a double `log`).
+Both have a cheaper equivalent whose result is bit-identical by construction, not merely close:
+
+- `apply_top_p` after a top-k keeps a few dozen finite scores per row; their ascending order is the sort's
+  tail (every other entry is -inf, whose order cannot change the result), so only they are sorted and the
+  softmax / cumulative sum run on the very tensor the full sort would have produced. Rows with tied finite
+  scores (where the sort's tie order could matter) or NaN take the full sort.
+- `multinomial(probs, k, generator)` is torch.multinomial without replacement: torch draws q ~ Exp(1) for
+  every entry (`exponential_`: u = a double from two mt19937 outputs, q = float(-log(1 - u))) and takes the
+  top k of probs / q. Entries of probability 0 give 0 whatever their draw, so kernels/rng.c advances torch's
+  generator state exactly as those draws would (the twist only) and takes the log only where the probability
+  is positive; torch ranks the same ratio tensor it would have made: the same indices, the same generator
+  state after (tested against torch.multinomial).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .kernels import ops
+from .options import DecodingOptions
+
+FAST_TOP_P_FRACTION = 8    # the short sort when every row keeps at most 1/8 of its entries finite
+
+
+def apply_repetition_penalty(scores: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Every id present in the row's history once: score < 0 -> score·p, else score / p."""
+    picked = scores.gather(1, history)
+    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+    return scores.scatter(1, history, picked)
+
+
+def apply_top_k(scores: torch.Tensor, top_k: int, min_keep: int = 1) -> torch.Tensor:
+    """Scores strictly below the k'-th largest (k' = max(k, min_keep)) become -inf; ties are kept."""
+    k = min(max(top_k, min_keep), scores.shape[-1])
+    kth = torch.topk(scores, k)[0][..., -1, None]
+    return scores.masked_fill(scores < kth, -math.inf)
+
+
+def apply_top_p(scores: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.Tensor:
+    """Drop the tokens whose ascending cumulative probability is <= 1 - p, keeping the `min_keep` largest."""
+    fast = _top_p_tail(scores, top_p, min_keep)
+    if fast is not None:
+        return fast
+    sorted_scores, order = torch.sort(scores, descending=False)
+    remove = _top_p_remove(sorted_scores, top_p, min_keep)
+    return scores.masked_fill(remove.scatter(1, order, remove), -math.inf)
+
+
+def _top_p_remove(sorted_scores: torch.Tensor, top_p: float, min_keep: int) -> torch.Tensor:
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -min_keep:] = False
+    return remove
+
+
+def _top_p_tail(scores: torch.Tensor, top_p: float, min_keep: int):
+    """`apply_top_p` sorting only the finite scores, or None where that could differ from the full sort."""
+    if scores.dim() != 2 or top_p >= 1.0:
+        return None
+    width = scores.shape[-1]
+    kept = int((scores > -math.inf).sum(-1).max())
+    if kept == 0 or kept * FAST_TOP_P_FRACTION > width or bool(torch.isnan(scores).any()):
+        return None
+    tail, where = torch.topk(scores, kept, dim=-1, largest=True, sorted=True)
+    tail, where = tail.flip(-1), where.flip(-1)                # ascending, as the sort's last `kept` entries
+    finite = tail > -math.inf
+    if bool(((tail[:, 1:] == tail[:, :-1]) & finite[:, 1:]).any()):
+        return None                                            # tied scores: the sort's tie order decides
+    sorted_scores = scores.new_full(scores.shape, -math.inf)
+    sorted_scores[:, width - kept:] = tail
+    remove = _top_p_remove(sorted_scores, top_p, min_keep)[:, width - kept:]
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, where, remove & finite)
+    return scores.masked_fill(mask, -math.inf)
+
+
+def process_scores(scores: torch.Tensor, history: torch.Tensor, options: DecodingOptions, generated: int,
+                   stop_token: int) -> torch.Tensor:
+    """The official processor list, in its order: repetition penalty, min-new-tokens, then (sampling only)
+    temperature, top-k, top-p. `history`: the ids the penalty sees; `generated`: codes generated so far."""
+    if options.repetition_penalty != 1.0:
+        scores = apply_repetition_penalty(scores, history, options.repetition_penalty)
+    if generated < options.min_new_tokens:
+        scores = scores.clone()
+        scores[:, stop_token] = -math.inf
+    if options.do_sample:
+        if options.temperature != 1.0:
+            scores = scores / options.temperature
+        if options.top_k != 0:
+            scores = apply_top_k(scores, options.top_k, options.min_tokens_to_keep)
+        if options.top_p < 1.0:
+            scores = apply_top_p(scores, options.top_p, options.min_tokens_to_keep)
+    return scores
+
+
+def multinomial(probs: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """`torch.multinomial(probs, k, replacement=False, generator=generator)`: the same indices and the same
+    generator state afterwards, the exponential draws' logs taken only where the probability is positive
+    (kernels/rng.c); torch's own call wherever the kernel does not take the input (its checks, its errors)."""
+    gen = torch.default_generator if generator is None else generator
+    rows = probs.view(1, -1) if probs.dim() == 1 and probs.is_contiguous() else probs
+    drawn = ops.exponential_pick(rows, k, gen)
+    if drawn is None:
+        return torch.multinomial(probs, k, generator=generator)
+    ratio, picked = drawn
+    if picked is None:    # ties or too few positive entries: torch ranks the very tensor it would have made
+        picked = ratio.argmax(dim=-1, keepdim=True) if k == 1 else torch.topk(ratio, k).indices
+    return picked.view(-1) if probs.dim() == 1 else picked
