@@ -1,5 +1,5 @@
 """Sampling: the processors' semantics, and the cheap paths giving torch's bits exactly — top-p sorting only the
-finite scores, multinomial drawing through kernels/rng.c — against torch's own operations (same indices, same
+finite scores, multinomial drawing through kernels/sampling.c — against torch's own operations (same indices, same
 generator state afterwards), including the inputs where they must hand over to torch."""
 
 import math
@@ -109,3 +109,34 @@ def test_multinomial_rejects_what_torch_rejects_without_drawing(bad):
         torch.multinomial(probs, 2, generator=torch.Generator().manual_seed(0))
     assert str(ours.value) == str(theirs.value)
     assert torch.equal(g.get_state(), before)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_top_k_then_top_p_in_one_selection_equals_the_two_steps(seed):
+    from indextts_fast.options import DecodingOptions
+    from indextts_fast.sampling import _top_k_top_p, process_scores
+
+    g = torch.Generator().manual_seed(seed)
+    rows = 1 + seed % 3
+    scores = torch.log_softmax(torch.randn(rows, 8194, generator=g) * (0.3 + seed), dim=-1)
+    history = torch.randint(0, 8194, (rows, 5 + seed), generator=g)
+    o = DecodingOptions(num_beams=rows, do_sample=True, top_k=[30, 1, 50, 7][seed % 4], top_p=[0.8, 0.95, 0.3, 0.6][seed % 4],
+                        temperature=[0.8, 1.0, 1.3][seed % 3], repetition_penalty=[10.0, 1.0][seed % 2])
+    two_steps = apply_top_p(apply_top_k(scores / o.temperature, o.top_k, o.min_tokens_to_keep), o.top_p,
+                            o.min_tokens_to_keep)
+    assert _top_k_top_p(scores / o.temperature, o.top_k, o.top_p, o.min_tokens_to_keep) is not None
+    assert torch.equal(_top_k_top_p(scores / o.temperature, o.top_k, o.top_p, o.min_tokens_to_keep), two_steps)
+    ref = _top_p_by_full_sort(apply_top_k(process_scores(scores, history, DecodingOptions(
+        num_beams=rows, do_sample=False, repetition_penalty=o.repetition_penalty), 1, 8193) / o.temperature,
+        o.top_k, o.min_tokens_to_keep), o.top_p, o.min_tokens_to_keep)
+    assert torch.equal(process_scores(scores, history, o, 1, 8193), ref)
+
+
+def test_top_k_then_top_p_hands_ties_at_the_kth_score_to_the_two_steps():
+    from indextts_fast.sampling import _top_k_top_p
+
+    scores = torch.full((1, 4096), -5.0)
+    scores[0, :10] = torch.arange(10.0)
+    scores[0, 20] = 7.0                           # ties the 3rd largest: top-k keeps 4 scores, not 3
+    assert _top_k_top_p(scores, 3, 0.9, 1) is None
+    assert torch.isfinite(apply_top_k(scores, 3)).sum() == 4

@@ -12,7 +12,7 @@ Both have a cheaper equivalent whose result is bit-identical by construction, no
   scores (where the sort's tie order could matter) or NaN take the full sort.
 - `multinomial(probs, k, generator)` is torch.multinomial without replacement: torch draws q ~ Exp(1) for
   every entry (`exponential_`: u = a double from two mt19937 outputs, q = float(-log(1 - u))) and takes the
-  top k of probs / q. Entries of probability 0 give 0 whatever their draw, so kernels/rng.c advances torch's
+  top k of probs / q. Entries of probability 0 give 0 whatever their draw, so kernels/sampling.c advances torch's
   generator state exactly as those draws would (the twist only) and takes the log only where the probability
   is positive; torch ranks the same ratio tensor it would have made: the same indices, the same generator
   state after (tested against torch.multinomial).
@@ -94,6 +94,10 @@ def process_scores(scores: torch.Tensor, history: torch.Tensor, options: Decodin
     if options.do_sample:
         if options.temperature != 1.0:
             scores = scores / options.temperature
+        both = _top_k_top_p(scores, options.top_k, options.top_p, options.min_tokens_to_keep) \
+            if options.top_k != 0 and options.top_p < 1.0 else None
+        if both is not None:
+            return both
         if options.top_k != 0:
             scores = apply_top_k(scores, options.top_k, options.min_tokens_to_keep)
         if options.top_p < 1.0:
@@ -101,10 +105,29 @@ def process_scores(scores: torch.Tensor, history: torch.Tensor, options: Decodin
     return scores
 
 
+def _top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float, min_keep: int):
+    """apply_top_p(apply_top_k(scores, top_k, min_keep), top_p, min_keep) from one top-k selection: the k
+    kept scores are the sort's tail top-p needs; None where that could differ (ties at the k-th score, a row
+    with fewer than k finite scores, NaN, ties among the kept)."""
+    width = scores.shape[-1]
+    k = max(top_k, min_keep)
+    if scores.dim() != 2 or k >= width or k * FAST_TOP_P_FRACTION > width:
+        return None
+    top = ops.top_scores(scores, k + 1)          # None: equal scores among the k + 1 largest, or NaN
+    if top is None or not bool((top[0][:, k - 1] > -math.inf).all()):
+        return None
+    tail, where = top[0][:, :k].flip(-1), top[1][:, :k].flip(-1)   # ascending: the full sort's last k entries
+    sorted_scores = scores.new_full(scores.shape, -math.inf)
+    sorted_scores[:, width - k:] = tail
+    remove = _top_p_remove(sorted_scores, top_p, min_keep)[:, width - k:]
+    out = scores.new_full(scores.shape, -math.inf)
+    return out.scatter_(1, where, tail.masked_fill(remove, -math.inf))
+
+
 def multinomial(probs: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """`torch.multinomial(probs, k, replacement=False, generator=generator)`: the same indices and the same
     generator state afterwards, the exponential draws' logs taken only where the probability is positive
-    (kernels/rng.c); torch's own call wherever the kernel does not take the input (its checks, its errors)."""
+    (kernels/sampling.c); torch's own call wherever the kernel does not take the input (its checks, its errors)."""
     gen = torch.default_generator if generator is None else generator
     rows = probs.view(1, -1) if probs.dim() == 1 and probs.is_contiguous() else probs
     drawn = ops.exponential_pick(rows, k, gen)

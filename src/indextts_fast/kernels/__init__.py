@@ -7,8 +7,9 @@ full one (every source, for AVX-512 VNNI CPUs), so that avx2.c's kernels exist o
   exact int32 sums, any number of rows); `itf_gpt_step_w8`: a whole int8 weight-only GPT-2 decode step on
   an fp32 KV cache in one call (one or several requests); `itf_gemm_f32_rows`: the exact fp32 product for
   decode rows reading every weight once, each row summed in one order whatever the others; `itf_quantize_u8_avx2`: per-tensor unsigned quantisation to 0..qmax (127 without VNNI).
-  `itf_exponential_ratio` (rng.c, portable C): torch.multinomial's exponential draws on torch's own generator
-  state, the log taken only where the probability is positive (sampling.multinomial).
+  `itf_exponential_ratio`, `itf_top_scores` (sampling.c, portable C): torch.multinomial's exponential draws on
+  torch's own generator state, the log taken only where the probability is positive (sampling.multinomial);
+  each row's k largest scores when they are unique (sampling._top_k_top_p).
 
 `native.c`, `gpt_step.c` and `attention.c` (AVX-512, the full library only):
 - `itf_gemv_s8`: the int8 GEMV of the GPT decode step (any rows; per-row quantisation): activations quantised per row to uint8
@@ -57,9 +58,9 @@ from typing import Optional
 
 from ..cpu import cpuinfo, detect  # noqa: F401  (cpuinfo re-exported: mkl_vendor, benches)
 
-SOURCES = ("native.c", "gpt_step.c", "attention.c", "avx2.c", "rng.c", "simd.h", "kernels.h")   # the .c files: one library
+SOURCES = ("native.c", "gpt_step.c", "attention.c", "avx2.c", "sampling.c", "simd.h", "kernels.h")   # the .c files: one library
 FLAGS = ["-O3", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
-PORTABLE_SOURCES = ("avx2.c", "rng.c", "kernels.h")     # the AVX2 + FMA tier's library
+PORTABLE_SOURCES = ("avx2.c", "sampling.c", "kernels.h")     # the AVX2 + FMA tier's library
 PORTABLE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")   # attention.c (compiled for them per function)
@@ -212,5 +213,7 @@ def _declare_portable(lib: ctypes.CDLL) -> None:
     lib.itf_quantize_u8_avx2.restype = None    # x, n, out, &scale, &zero point, largest level
     lib.itf_quantize_u8_avx2.argtypes = [ptr, ctypes.c_long, ptr, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(i32),
                                          i32]
-    lib.itf_exponential_ratio.restype = i32    # generator state image, p, rows, cols, k, ratio, picked (rng.c)
+    lib.itf_exponential_ratio.restype = i32    # generator state image, p, rows, cols, k, ratio, picked (sampling.c)
     lib.itf_exponential_ratio.argtypes = [ptr, ptr, ctypes.c_long, ctypes.c_long, i32, ptr, ptr]
+    lib.itf_top_scores.restype = i32           # x, rows, cols, k, values, indices (sampling.c)
+    lib.itf_top_scores.argtypes = [ptr, ctypes.c_long, ctypes.c_long, i32, ptr, ptr]

@@ -65,7 +65,7 @@ def gemm_f32_rows(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]
 
 def exponential_pick(probs: torch.Tensor, k: int,
                      generator: torch.Generator) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
-    """torch.multinomial's draw without replacement (rng.c) for contiguous fp32 probs (rows, n) on the CPU:
+    """torch.multinomial's draw without replacement (sampling.c) for contiguous fp32 probs (rows, n) on the CPU:
     (ratio, picked): ratio = probs / q where probs > 0 (else 0), q the Exp(1) draws torch would make with
     `generator`, which is advanced as torch advances it; picked (rows, k) each row's k largest ratios' columns,
     descending, or None where torch's ranking of `ratio` must decide (ties, fewer than k positive entries).
@@ -84,6 +84,19 @@ def exponential_pick(probs: torch.Tensor, k: int,
         return None
     generator.set_state(state)
     return ratio, (picked if rc == 0 else None)
+
+
+def top_scores(x: torch.Tensor, k: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Each row's k largest of contiguous fp32 x (rows, n) on the CPU, descending: (values, indices) as
+    torch.topk gives them, or None where their order is not unique (equal scores among a row's k, NaN) or the
+    kernel does not take x (sampling.c)."""
+    lib = portable()
+    if lib is None or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or x.dim() != 2 \
+            or not 0 < k <= x.shape[1]:
+        return None
+    vals, idx = torch.empty(x.shape[0], k), torch.empty(x.shape[0], k, dtype=torch.long)
+    return None if lib.itf_top_scores(x.data_ptr(), x.shape[0], x.shape[1], k, vals.data_ptr(), idx.data_ptr()) \
+        else (vals, idx)
 
 
 def quantize_u8(x: torch.Tensor, qmax: int = 255) -> Optional[tuple[torch.Tensor, float, int]]:

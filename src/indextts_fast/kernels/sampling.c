@@ -1,5 +1,6 @@
-/* torch.multinomial's draw without replacement on torch's own CPU generator, taking the log only where it can
-   matter (portable C: compiled into both libraries).
+/* Sampling's selections with torch's results (portable C: compiled into both libraries): the k largest scores
+   of each row (sampling._top_k_top_p), and torch.multinomial's draw without replacement on torch's own CPU
+   generator, taking the log only where it can matter.
 
    torch.multinomial(p, k) without replacement draws q ~ Exp(1) for EVERY entry of p (`exponential_`: a double
    u from two consecutive mt19937 outputs hi, lo: u = ((hi << 32 | lo) & (2^53 - 1)) · 2^-53, then
@@ -144,4 +145,43 @@ int itf_exponential_ratio(uint8_t *state, const float *p, long rows, long cols, 
         memcpy(state + 24 + 8 * j, &w, 8);
     }
     return rc;
+}
+
+/* Each row's k largest of x (rows, cols), descending -> vals, idx (rows, k). Returns 0, or 1 where the ranking
+   is not unique (two equal among a row's k, which includes fewer than k finite scores) or a row holds NaN: the
+   caller then asks torch.topk, whose order for equal values is its own. */
+int itf_top_scores(const float *x, long rows, long cols, int k, float *vals, int64_t *idx) {
+    if (k < 1 || k > cols) return 1;
+    for (long r = 0; r < rows; r++) {
+        const float *row = x + r * cols;
+        float *v = vals + r * k;
+        int64_t *w = idx + r * k;
+        int have = 0, nan = 0;
+        float floor = -INFINITY;             /* v[k - 1] once k are held: what a newcomer must beat */
+        for (long c0 = 0; c0 < cols; c0 += 16) {
+            long end = c0 + 16 < cols ? c0 + 16 : cols;
+            int any = have < k;
+            for (long c = c0; c < end; c++) {   /* a block of 16 at once: most hold nothing to insert */
+                nan |= row[c] != row[c];
+                any |= row[c] > floor;
+            }
+            if (!any) continue;
+            for (long c = c0; c < end; c++) {
+                float s = row[c];
+                if (have == k && !(s > floor)) continue;
+                int j = have < k ? have++ : k - 1;
+                for (; j > 0 && v[j - 1] < s; j--) {
+                    v[j] = v[j - 1];
+                    w[j] = w[j - 1];
+                }
+                v[j] = s;
+                w[j] = c;
+                if (have == k) floor = v[k - 1];
+            }
+        }
+        if (nan) return 1;
+        for (int j = 1; j < k; j++)
+            if (v[j] == v[j - 1]) return 1;
+    }
+    return 0;
 }
