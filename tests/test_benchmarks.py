@@ -72,3 +72,15 @@ def test_batch_bench_reports_every_level_and_mode(tiny_dir, tmp_path):
     assert main([*common, "--concurrency", "3", "--newcomer", "--json", str(out)]) == 0
     late = json.loads(out.read_text())
     assert late["others"] == 2 and 0 < late["first_audio_alone_s"] and 0 < late["first_audio_loaded_s"]
+
+
+def test_sampling_bench_times_both_ways_and_checks_the_picks(tmp_path, capsys):
+    """bench sampling: torch's chain against ours per preset, from the same seeds; the picks and the generator
+    states agree (the bench exits with an error otherwise), and a greedy preset is refused by name."""
+    out = tmp_path / "sampling.json"
+    assert main(["bench", "sampling", "--steps", "4", "--vocab", "600", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["presets"]
+    assert [r["preset"] for r in rows] == ["baseline", "aggressive", "conservative"]
+    assert all(r["same"] and r["torch_us"] > 0 and r["ours_us"] > 0 for r in rows)
+    with pytest.raises(SystemExit, match="'extreme' does not sample"):
+        main(["bench", "sampling", "--steps", "2", "--presets", "extreme"])

@@ -2,7 +2,7 @@
 
 The processors (HF transformers 4.52.1 semantics, SPEC-gpt.md §9): repetition penalty, min-new-tokens, then
 (sampling only) temperature, top-k, top-p. Two of torch's operations dominate a sampled decode step's choice
-of codes (measured with `python -m indextts_fast.sampling`, 3 beams over 8194 codes): the full sort of
+of codes (`indextts-fast bench sampling` times both ways per preset): the full sort of
 `apply_top_p`, and the exponential draws of `torch.multinomial` (one per code and beam, each a double `log`).
 Both have a cheaper equivalent whose result is bit-identical by construction, not merely close:
 
@@ -48,8 +48,11 @@ def apply_top_k(scores: torch.Tensor, top_k: int, min_keep: int = 1) -> torch.Te
 def apply_top_p(scores: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.Tensor:
     """Drop the tokens whose ascending cumulative probability is <= 1 - p, keeping the `min_keep` largest."""
     fast = _top_p_tail(scores, top_p, min_keep)
-    if fast is not None:
-        return fast
+    return sort_top_p(scores, top_p, min_keep) if fast is None else fast
+
+
+def sort_top_p(scores: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.Tensor:
+    """`apply_top_p` by the official formula: a full sort of every row (the reference; the fallback)."""
     sorted_scores, order = torch.sort(scores, descending=False)
     remove = _top_p_remove(sorted_scores, top_p, min_keep)
     return scores.masked_fill(remove.scatter(1, order, remove), -math.inf)

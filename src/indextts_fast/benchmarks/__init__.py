@@ -17,6 +17,7 @@ BENCHES = {
     "text": "text",
     "serve": "serve",
     "batch": "batch",
+    "sampling": "sampling",
 }
 
 
