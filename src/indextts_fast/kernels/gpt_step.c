@@ -105,7 +105,7 @@ int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float
             const itf_block_t *b = blocks + l;
             ln_quantize(x, S, D, Dp, b->ln1_w, b->ln1_b, eps, xn, &in);
             product(&in, S, D, b, 0, 3 * D, NULL, 0, qkv, amx);
-            #pragma omp for schedule(static)
+            #pragma omp for schedule(dynamic, 2)   /* row-heads of unequal cost: whoever is free takes the next */
             for (int gh = 0; gh < G * H; gh++) {   /* one request's head: its new keys and values, its attention */
                 int g = gh / H, hh = gh % H, r0 = first[g], R = groups[g].rows, lo = groups[g].lo;
                 uint16_t *kl = (uint16_t *)groups[g].k + (size_t)l * groups[g].layer_stride;
