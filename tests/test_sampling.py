@@ -86,7 +86,8 @@ def test_multinomial_is_torchs_draw_and_leaves_the_generator_as_torch_does(rows,
         assert torch.equal(ours.get_state(), theirs.get_state())
 
 
-def test_multinomial_uses_torchs_global_generator_when_given_none():
+def test_multinomial_leaves_torchs_global_generator_to_torch():
+    """None = torch's global generator, shared by every thread: torch draws (it locks the generator)."""
     probs = _probs(3, 1, 1000, 40)
     torch.manual_seed(5)
     expected = torch.multinomial(probs, 4)

@@ -130,10 +130,12 @@ def _top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float, min_keep: int):
 def multinomial(probs: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """`torch.multinomial(probs, k, replacement=False, generator=generator)`: the same indices and the same
     generator state afterwards, the exponential draws' logs taken only where the probability is positive
-    (kernels/sampling.c); torch's own call wherever the kernel does not take the input (its checks, its errors)."""
-    gen = torch.default_generator if generator is None else generator
+    (kernels/sampling.c); torch's own call wherever the kernel does not take the input (its checks, its errors)
+    and for torch's global generator (None), which other threads may draw from: torch locks it for a draw, our
+    read-advance-write of its state could not. A generator of one's own must not be drawn from by two threads
+    at once (the engine makes one per request)."""
     rows = probs.view(1, -1) if probs.dim() == 1 and probs.is_contiguous() else probs
-    drawn = ops.exponential_pick(rows, k, gen)
+    drawn = None if generator is None else ops.exponential_pick(rows, k, generator)
     if drawn is None:
         return torch.multinomial(probs, k, generator=generator)
     ratio, picked = drawn
