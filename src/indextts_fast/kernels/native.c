@@ -226,6 +226,17 @@ static inline __m512 hsum16(const __m512 *v) {
     return _mm512_permutexvar_ps(order, f);
 }
 
+/* Vector c of a bf16 value row as fp32. With an even count of vectors, vector 2w holds the EVEN elements of
+   32w .. 32w+31 and vector 2w+1 the odd ones: one shift or one mask per 16 values instead of a widening
+   shuffle and a shift (port 5 was the attention's bottleneck); each output dimension still sums its own
+   products in the same order (the same bits), attend_row puts the dimensions back in order at the end. */
+static inline __attribute__((always_inline)) __m512 value16(const uint16_t *v, int c, int nv) {
+    if (nv % 2) return load_bf16x16(v + 16 * c);
+    __m512i x = _mm512_loadu_si512(v + 32 * (c >> 1));
+    return _mm512_castsi512_ps((c & 1) ? _mm512_and_si512(x, _mm512_set1_epi32((int)0xFFFF0000u))
+                                       : _mm512_slli_epi32(x, 16));
+}
+
 /* out (S, H·d) fp32 = softmax(scale · q·K[keys]ᵀ) · V[keys] for each row and head h: row r attends the L cache
    positions keys[r·L .. r·L+L-1] (its prompt and its own ancestry, in cache order), or 0 .. L-1 when keys is
    NULL. q (S, H, d) fp32, rows q_stride floats apart; K, V: the layer's (H, cap, d) bf16 cache (head stride
@@ -281,16 +292,27 @@ static inline __attribute__((always_inline)) void attend_row(const float *q, con
             }
         __m512 p0 = _mm512_set1_ps(sc[k]), p1 = _mm512_set1_ps(sc[k + 1]);
         for (int c = 0; c < nv; c++) {
-            a0[c] = _mm512_fmadd_ps(p0, load_bf16x16(v0 + 16 * c), a0[c]);
-            a1[c] = _mm512_fmadd_ps(p1, load_bf16x16(v1 + 16 * c), a1[c]);
+            a0[c] = _mm512_fmadd_ps(p0, value16(v0, c, nv), a0[c]);
+            a1[c] = _mm512_fmadd_ps(p1, value16(v1, c, nv), a1[c]);
         }
     }
     if (k < L) {
         const uint16_t *v0 = Vh + (size_t)(idx ? idx[k] : k) * d;
         __m512 p0 = _mm512_set1_ps(sc[k]);
-        for (int c = 0; c < nv; c++) a0[c] = _mm512_fmadd_ps(p0, load_bf16x16(v0 + 16 * c), a0[c]);
+        for (int c = 0; c < nv; c++) a0[c] = _mm512_fmadd_ps(p0, value16(v0, c, nv), a0[c]);
     }
-    for (int c = 0; c < nv; c++) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(_mm512_add_ps(a0[c], a1[c]), inv));
+    if (nv % 2) {
+        for (int c = 0; c < nv; c++) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(_mm512_add_ps(a0[c], a1[c]), inv));
+        return;
+    }
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    for (int c = 0; c < nv; c += 2) {     /* even and odd dimensions back in order */
+        __m512 even = _mm512_mul_ps(_mm512_add_ps(a0[c], a1[c]), inv);
+        __m512 odd = _mm512_mul_ps(_mm512_add_ps(a0[c + 1], a1[c + 1]), inv);
+        _mm512_storeu_ps(o + 16 * c, _mm512_permutex2var_ps(even, lo, odd));
+        _mm512_storeu_ps(o + 16 * c + 16, _mm512_permutex2var_ps(even, hi, odd));
+    }
 }
 
 void itf_attend_head(int h, const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride,
