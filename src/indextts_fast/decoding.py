@@ -72,6 +72,7 @@ class KVCache:
         self.steps_wanted = max(1, capacity)
         self.prefix = 0                        # P + 1 once prefilled
         self.prefix_valid: Optional[torch.Tensor] = None      # (P+1,) bool, None when nothing is padded
+        self.prompt_keys: Optional[torch.Tensor] = None       # the valid prompt positions (int32)
         self.capacity = 0                      # generated steps the buffers hold
         self.length = 0                        # generated steps stored
         self.mask: Optional[torch.Tensor] = None               # (S, keys) for the current step (SDPA)
@@ -94,6 +95,8 @@ class KVCache:
         """Size the buffers for a prompt of len(prefix_valid) positions (False = left padding)."""
         self.prefix = prefix_valid.shape[0]
         self.prefix_valid = None if bool(prefix_valid.all()) else prefix_valid
+        prompt = torch.arange(self.prefix, device=self.device, dtype=torch.int32)   # every row's first keys
+        self.prompt_keys = prompt if self.prefix_valid is None else prompt[self.prefix_valid]
         self._allocate(min(self.steps_wanted, 256))
 
     def reorder(self, rows: torch.Tensor) -> None:
@@ -133,10 +136,7 @@ class KVCache:
             self.mask, self.keys, self.n_keys = None, None, self.prefix + t + 1   # one row sees every position
             return
         # each row: the valid prompt positions, then its own ancestry (cache order): the kernels' key lists
-        prompt = torch.arange(self.prefix, device=self.device, dtype=torch.int32)
-        if self.prefix_valid is not None:
-            prompt = prompt[self.prefix_valid]
-        self.keys = torch.cat((prompt.expand(s, -1), self.prefix + self.slots[:, :t + 1].int()), dim=1).contiguous()
+        self.keys = torch.cat((self.prompt_keys.expand(s, -1), self.prefix + self.slots[:, :t + 1].int()), dim=1)
         self.n_keys = self.keys.shape[1]
         self.mask = None   # made by step_mask() when SDPA needs it (the kernels read the key lists)
 
@@ -299,12 +299,18 @@ class Search:
         self.model, self.options, self.generator, self.trace = model, options, generator, trace
         self.prompt, self.valid = prompt, valid
         self.cache = KVCache(model, self.rows, options.max_mel_tokens)
-        self.seqs = torch.empty(self.rows, 0, dtype=torch.long, device=prompt.device)
+        # the ids the repetition penalty sees: [1, 8192, codes…] (see _history), the codes a view of it
+        self.history = _history(torch.empty(self.rows, 0, dtype=torch.long, device=prompt.device), model.cfg)
         self.step = 0            # logits consumed = codes generated per row
         self.steps = 0           # model calls (prefill included)
         self.tokens: Optional[torch.Tensor] = None   # the codes to feed next (rows,)
         self.done = False
         self.codes: Optional[torch.Tensor] = None
+
+    @property
+    def seqs(self) -> torch.Tensor:
+        """The codes generated so far, (rows, step)."""
+        return self.history[:, 2:]
 
     def start(self) -> None:
         """The prefill (batch 1, this generation alone) and the first choice of codes."""
@@ -352,16 +358,16 @@ class SampleSearch(Search):
     def choose(self, logits):
         o, cfg = self.options, self.model.cfg
         stop = cfg.stop_mel_token
-        scores = process_scores(logits.float(), _history(self.seqs, cfg), o, self.step, stop)
+        scores = process_scores(logits.float(), self.history, o, self.step, stop)
         if o.do_sample:
             tokens = multinomial(torch.softmax(scores, dim=-1), 1, self.generator).squeeze(1)
         else:
             tokens = torch.argmax(scores, dim=-1)
         tokens = torch.where(self.unfinished, tokens, stop)        # finished rows receive the pad code 8193
-        self.seqs = torch.cat((self.seqs, tokens[:, None]), dim=1)
+        self.history = torch.cat((self.history, tokens[:, None]), dim=1)
         self.unfinished &= tokens != stop
         if not bool(self.unfinished.any()) or self.seqs.shape[1] == o.max_mel_tokens:
-            self.codes = self.seqs
+            self.codes = self.seqs.contiguous()
             return None
         return tokens
 
@@ -382,7 +388,7 @@ class BeamSearch(Search):
         # Official quirk (SPEC-gpt §15.6): in beam modes the processors act on log-probabilities (the
         # penalty always multiplies, the temperature divides log-probs); length_penalty 0 = no normalisation.
         scores = torch.log_softmax(logits.float(), dim=-1)
-        scores = process_scores(scores, _history(self.seqs, self.model.cfg), o, step, stop)
+        scores = process_scores(scores, self.history, o, step, stop)
         flat = (scores + self.beam_scores[:, None]).view(1, nb * vocab)
         n_candidates = 2 * nb                      # HF: max(2, 1 + number of stop ids) · num_beams
         if o.do_sample:
@@ -412,7 +418,7 @@ class BeamSearch(Search):
         device = self.seqs.device
         rows = torch.tensor(next_sources, device=device)
         new_tokens = torch.tensor(next_tokens, dtype=torch.long, device=device)
-        self.seqs = torch.cat((self.seqs[rows], new_tokens[:, None]), dim=1)
+        self.history = torch.cat((self.history[rows], new_tokens[:, None]), dim=1)
         self.beam_scores = torch.tensor(next_scores, dtype=torch.float32, device=device)
         if done or self.seqs.shape[1] == o.max_mel_tokens:
             self.codes = self._finish(done)

@@ -58,8 +58,11 @@ def sort_top_p(scores: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.T
     return scores.masked_fill(remove.scatter(1, order, remove), -math.inf)
 
 
-def _top_p_remove(sorted_scores: torch.Tensor, top_p: float, min_keep: int) -> torch.Tensor:
-    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+def _top_p_remove(sorted_scores: torch.Tensor, top_p: float, min_keep: int, tail: int = 0) -> torch.Tensor:
+    """Which sorted entries top-p drops; `tail` > 0: only the last `tail` (every entry before them is -inf, its
+    probability 0: the running sum over them is 0, so the tail's own running sum is the same, tested)."""
+    probs = sorted_scores.softmax(dim=-1)
+    cumulative = (probs[:, -tail:] if tail else probs).cumsum(dim=-1)
     remove = cumulative <= (1 - top_p)
     remove[..., -min_keep:] = False
     return remove
@@ -80,7 +83,7 @@ def _top_p_tail(scores: torch.Tensor, top_p: float, min_keep: int):
         return None                                            # tied scores: the sort's tie order decides
     sorted_scores = scores.new_full(scores.shape, -math.inf)
     sorted_scores[:, width - kept:] = tail
-    remove = _top_p_remove(sorted_scores, top_p, min_keep)[:, width - kept:]
+    remove = _top_p_remove(sorted_scores, top_p, min_keep, tail=kept)
     mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, where, remove & finite)
     return scores.masked_fill(mask, -math.inf)
 
@@ -122,7 +125,7 @@ def _top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float, min_keep: int):
     tail, where = top[0][:, :k].flip(-1), top[1][:, :k].flip(-1)   # ascending: the full sort's last k entries
     sorted_scores = scores.new_full(scores.shape, -math.inf)
     sorted_scores[:, width - k:] = tail
-    remove = _top_p_remove(sorted_scores, top_p, min_keep)[:, width - k:]
+    remove = _top_p_remove(sorted_scores, top_p, min_keep, tail=k)
     out = scores.new_full(scores.shape, -math.inf)
     return out.scatter_(1, where, tail.masked_fill(remove, -math.inf))
 
