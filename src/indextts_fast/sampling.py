@@ -6,10 +6,12 @@ of codes (`indextts-fast bench sampling` times both ways per preset): the full s
 `apply_top_p`, and the exponential draws of `torch.multinomial` (one per code and beam, each a double `log`).
 Both have a cheaper equivalent whose result is bit-identical by construction, not merely close:
 
-- `apply_top_p` after a top-k keeps a few dozen finite scores per row; their ascending order is the sort's
-  tail (every other entry is -inf, whose order cannot change the result), so only they are sorted and the
-  softmax / cumulative sum run on the very tensor the full sort would have produced. Rows with tied finite
-  scores (where the sort's tie order could matter) or NaN take the full sort.
+- Top-p after a top-k: the k kept scores per row are the full sort's ascending tail (every other entry is -inf,
+  whose order cannot change the result), so `process_scores` takes them from ONE selection of the k + 1 largest
+  (kernels/sampling.c), and the softmax runs on the very tensor the full sort would have produced (its running
+  sum on the tail only: the -inf prefix adds exactly 0). Ties at the k-th score or among the kept, NaN, or a row
+  with fewer than k finite scores take the official two steps (`apply_top_k`, then `apply_top_p`, which sorts
+  only the finite scores when few are, else `sort_top_p`: the full sort).
 - `multinomial(probs, k, generator)` is torch.multinomial without replacement: torch draws q ~ Exp(1) for
   every entry (`exponential_`: u = a double from two mt19937 outputs, q = float(-log(1 - u))) and takes the
   top k of probs / q. Entries of probability 0 give 0 whatever their draw, so kernels/sampling.c advances torch's
