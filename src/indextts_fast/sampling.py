@@ -83,11 +83,17 @@ def _top_p_tail(scores: torch.Tensor, top_p: float, min_keep: int):
     finite = tail > -math.inf
     if bool(((tail[:, 1:] == tail[:, :-1]) & finite[:, 1:]).any()):
         return None                                            # tied scores: the sort's tie order decides
+    return _top_p_of_tail(scores, tail, where, top_p, min_keep)
+
+
+def _top_p_of_tail(scores: torch.Tensor, tail: torch.Tensor, where: torch.Tensor, top_p: float, min_keep: int):
+    """Top-p of `scores` given every row's finite scores `tail` (ascending, as the sort's last entries; rows with
+    fewer padded with -inf) at columns `where`: the softmax runs on the very tensor the full sort would give."""
+    width, kept = scores.shape[-1], tail.shape[-1]
     sorted_scores = scores.new_full(scores.shape, -math.inf)
     sorted_scores[:, width - kept:] = tail
     remove = _top_p_remove(sorted_scores, top_p, min_keep, tail=kept)
-    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, where, remove & finite)
-    return scores.masked_fill(mask, -math.inf)
+    return scores.new_full(scores.shape, -math.inf).scatter_(1, where, tail.masked_fill(remove, -math.inf))
 
 
 def process_scores(scores: torch.Tensor, history: torch.Tensor, options: DecodingOptions, generated: int,
@@ -124,12 +130,7 @@ def _top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float, min_keep: int):
     top = ops.top_scores(scores, k + 1)          # None: equal scores among the k + 1 largest, or NaN
     if top is None or not bool((top[0][:, k - 1] > -math.inf).all()):
         return None
-    tail, where = top[0][:, :k].flip(-1), top[1][:, :k].flip(-1)   # ascending: the full sort's last k entries
-    sorted_scores = scores.new_full(scores.shape, -math.inf)
-    sorted_scores[:, width - k:] = tail
-    remove = _top_p_remove(sorted_scores, top_p, min_keep, tail=k)
-    out = scores.new_full(scores.shape, -math.inf)
-    return out.scatter_(1, where, tail.masked_fill(remove, -math.inf))
+    return _top_p_of_tail(scores, top[0][:, :k].flip(-1), top[1][:, :k].flip(-1), top_p, min_keep)
 
 
 def multinomial(probs: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
