@@ -2,7 +2,10 @@
 (VPDPBUSD, and on AMX tiles where the CPU has AMX-INT8) against fbgemm's dynamic linear on the projections of
 N GPT-2 layers of width D (random weights, larger than the CPU caches at the defaults: 24 x 1280, the
 full-size IndexTTS2 GPT), per row count (12 = 4 requests of 3 beams in one batched step), in one run: ms per
-sweep and the weight bytes read per second. Then, where the CPU has AMX or AVX512-BF16, the DiT's bf16 attention (CFG
+sweep and the weight bytes read per second. Then the GPT's decode attention over a bf16 KV cache as a batched step
+of 4 requests x 3 beams meets it (24 layers x 4 requests, 20 heads of 64, a 50-position prompt + 60 codes per beam),
+with every layer's cache its own (read from DRAM, as after the step's weight stream) and with one cache reused
+(cache-resident). Then, where the CPU has AMX or AVX512-BF16, the DiT's bf16 attention (CFG
 batch of 2, 8 heads of 64, T frames; default 611 = a 4.1 s prompt + 150 codes): our kernel against
 torch's SDPA, ms per call and GFLOP/s."""
 
@@ -58,10 +61,35 @@ def main() -> None:
           f"streaming read bandwidth {bw:.1f} GB/s")
     print(table(rows, [("kernel", "kernel", ""), ("rows", "rows", "d"), ("ms", "ms/sweep", ".2f"),
                        ("GBps", "weight GB/s", ".1f")]))
+    print(f"\nGPT decode attention, 96 layer-calls of 3 rows (4 requests x 24 layers), 20 heads x 64, 110 keys per row")
+    print(table(_decode_attention_rows(args.repeat), [("caches", "caches", ""), ("ms", "ms per step", ".2f")]))
     if load().amx or load().bf16_dot:
         attention = _attention_rows(args.frames, args.repeat)
         print(f"\nDiT attention, bf16, 2 x 8 heads x {args.frames} frames x 64")
         print(table(attention, [("kernel", "kernel", ""), ("ms", "ms/call", ".3f"), ("GFLOPs", "GFLOP/s", ".0f")]))
+
+
+def _decode_attention_rows(repeat: int) -> list[dict]:
+    from .ops import attend_bf16
+
+    heads, d, prompt, steps, beams, calls = 20, 64, 50, 60, 3, 96
+    g = torch.Generator().manual_seed(2)
+    cap = prompt + steps * beams
+    caches = [(torch.randn(heads, cap, d, generator=g).bfloat16(), torch.randn(heads, cap, d, generator=g).bfloat16())
+              for _ in range(calls)]
+    qkv = torch.randn(beams, 3 * heads * d, generator=g)
+    keys = torch.cat([torch.arange(prompt).expand(beams, -1),       # the prompt, then each beam's own slots
+                      prompt + torch.arange(steps)[None] * beams + torch.arange(beams)[:, None]], 1).int().contiguous()
+    rows = []
+    for name, used in (("one per layer (DRAM)", caches), ("one reused (cached)", caches[:1] * calls)):
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for k, v in used:
+                attend_bf16(qkv, k, v, keys.shape[1], keys, heads, d)
+            times.append(time.perf_counter() - t0)
+        rows.append({"caches": name, "ms": statistics.median(times[1:]) * 1e3})
+    return rows
 
 
 def _attention_rows(T: int, repeat: int) -> list[dict]:
