@@ -61,7 +61,7 @@ def main() -> None:
           f"streaming read bandwidth {bw:.1f} GB/s")
     print(table(rows, [("kernel", "kernel", ""), ("rows", "rows", "d"), ("ms", "ms/sweep", ".2f"),
                        ("GBps", "weight GB/s", ".1f")]))
-    print(f"\nGPT decode attention, 96 layer-calls of 3 rows (4 requests x 24 layers), 20 heads x 64, 110 keys per row")
+    print("\nGPT decode attention, 96 layer-calls of 3 rows (4 requests x 24 layers), 20 heads x 64, 110 keys per row")
     print(table(_decode_attention_rows(args.repeat), [("caches", "caches", ""), ("ms", "ms per step", ".2f")]))
     if load().amx or load().bf16_dot:
         attention = _attention_rows(args.frames, args.repeat)
