@@ -52,12 +52,10 @@ def run(args: argparse.Namespace) -> dict:
             out, t0 = [], time.perf_counter()
             for i in range(args.steps):
                 scores = processors(torch.log_softmax(logits[i % 16], dim=-1) if beams > 1 else logits[i % 16])
-                if beams > 1:
-                    out.append(draw(torch.softmax(scores.view(1, -1), dim=-1), 2 * beams, generator=g)
-                               if way == "torch" else draw(torch.softmax(scores.view(1, -1), dim=-1), 2 * beams, g))
+                if beams > 1:     # BeamSearch: 2 x beams candidates over the flattened beams x codes
+                    out.append(draw(torch.softmax(scores.view(1, -1), dim=-1), 2 * beams, generator=g))
                 else:
-                    probs = torch.softmax(scores, dim=-1)
-                    out.append(draw(probs, 1, generator=g) if way == "torch" else draw(probs, 1, g))
+                    out.append(draw(torch.softmax(scores, dim=-1), 1, generator=g))
             seconds[way] = (time.perf_counter() - t0) / args.steps
             picks[way] = (torch.cat([p.view(-1) for p in out]), g.get_state())
         same = torch.equal(picks["torch"][0], picks["ours"][0]) and torch.equal(picks["torch"][1], picks["ours"][1])
