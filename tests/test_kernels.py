@@ -211,6 +211,30 @@ def test_decode_attention_matches_sdpa(rows, heads, d, n):
                                None, rows, heads, 12, 1.0, out.data_ptr()) == -2     # head width not / 16
 
 
+@needs_kernel
+@pytest.mark.parametrize("rows,d", [(2, 64), (3, 64), (4, 32), (5, 16), (7, 128)])
+@pytest.mark.parametrize("common", [0, 15, 16, 17, 50, 69, 70])
+def test_decode_attention_of_beams_sharing_keys_is_each_row_alone(rows, d, common):
+    """Beams list the same leading keys (prompt, shared ancestry), then their own: the kernel takes up to three
+    rows together over the common keys; every row is still the same bits as attended alone, and SDPA's."""
+    heads, L, cap = 3, 70, 300
+    g = torch.Generator().manual_seed(rows * 100 + common + d)
+    K = torch.randn(heads, cap, d, generator=g).bfloat16()
+    V = torch.randn(heads, cap, d, generator=g).bfloat16()
+    qkv = torch.randn(rows, 3 * heads * d, generator=g)
+    shared = torch.randperm(cap // 2, generator=g)[:common].sort().values
+    own = [cap // 2 + torch.randperm(cap // 2, generator=g)[:L - common].sort().values for _ in range(rows)]
+    keys = torch.stack([torch.cat([shared, o]) for o in own]).int().contiguous()
+    out = ops.attend_bf16(qkv, K, V, L, keys, heads, d)
+    for r in range(rows):
+        alone = ops.attend_bf16(qkv[r:r + 1].contiguous(), K, V, L, keys[r:r + 1].contiguous(), heads, d)
+        assert torch.equal(alone, out[r:r + 1]), r
+        q = qkv[r, :heads * d].view(heads, 1, d)
+        idx = keys[r].long()
+        want = F.scaled_dot_product_attention(q, K[:, idx].float(), V[:, idx].float()).reshape(1, -1)
+        assert float((out[r:r + 1] - want).abs().max()) < 1e-5 * float(want.abs().max()) + 1e-6
+
+
 def _ulps_bf16(got: torch.Tensor, want: torch.Tensor) -> float:
     """Largest difference in units of bf16 precision (2⁻⁸ relative) of the reference's magnitude."""
     return float(((got.float() - want.float()).abs() / (want.float().abs() * 2.0 ** -8 + 1e-6)).max())

@@ -58,7 +58,7 @@ from typing import Optional
 
 from ..cpu import cpuinfo, detect  # noqa: F401  (cpuinfo re-exported: mkl_vendor, benches)
 
-SOURCES = ("native.c", "gpt_step.c", "attention.c", "avx2.c", "sampling.c", "simd.h", "kernels.h")   # the .c files: one library
+SOURCES = ("native.c", "gpt_step.c", "decode_attention.c", "attention.c", "avx2.c", "sampling.c", "simd.h", "kernels.h")   # the .c files: one library
 FLAGS = ["-O3", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
 PORTABLE_SOURCES = ("avx2.c", "sampling.c", "kernels.h")     # the AVX2 + FMA tier's library
 PORTABLE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]

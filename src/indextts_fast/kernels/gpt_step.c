@@ -5,7 +5,7 @@
      a   = attention(q, cache[:n])     x += a·Wprojᵀ + b
      h   = GELU(LN2(x)·Wfcᵀ + b)       x += h·Wmlpᵀ + b
    with the int8 GEMV (itf_gemv_group, activations quantised per row) and the decode attention
-   (itf_attend_head) of native.c: the same arithmetic as calling them one by one, without a Python round
+   (itf_attend_head) of decode_attention.c: the same arithmetic as calling them one by one, without a Python round
    trip and a thread-pool fork/join per product (~15-20 µs each, 96+ per step). */
 #include <stdlib.h>
 #include <string.h>
@@ -120,7 +120,8 @@ int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float
                     }
                 int n = groups[g].nkeys;
                 itf_attend_head(hh, qkv + (size_t)r0 * 3 * D, 3 * D, kl, vl, hs, n, groups[g].keys, R, H, d, scale,
-                                scores + at[g] + (size_t)hh * (n + 16), a + (size_t)r0 * D);
+                                scores + at[g] + (size_t)hh * (R < ITF_GROUP_ROWS ? R : ITF_GROUP_ROWS) * (n + 16),
+                                a + (size_t)r0 * D);
             }
             ln_quantize(a, S, D, Dp, NULL, NULL, 0.f, NULL, &in);
             product(&in, S, D, b, 1, D, x, 0, x, amx);

@@ -99,6 +99,12 @@ static inline void store16(__m512i acc, int n0, int m, int N, const int32_t *wsu
 #ifndef PREFETCH
 #define PREFETCH 4096 /* bytes ahead in the weight stream (2+ rows: compute hides less of the latency) */
 #endif
+#ifndef FAR_PREFETCH
+/* Bytes ahead for a second, L2 prefetch (T2) of the weight stream: an L1 prefetch that misses holds one of the
+   core's few fill buffers for a whole DRAM round trip; one that finds the line in L2 does not. 1.04-1.14x
+   per step (3 rows, VNNI; 12 rows, AMX) in alternated A/B runs; any distance from 8 to 64 KB did as well. */
+#define FAR_PREFETCH 16384
+#endif
 #define GROUP_LOOP(PF, STEPS)                                                                             \
     {                                                                                                 \
         const int8_t *p = wp + (size_t)g * K4 * 256;                                                  \
@@ -108,6 +114,8 @@ static inline void store16(__m512i acc, int n0, int m, int N, const int32_t *wsu
                 _mm_prefetch((const char *)p + PREFETCH + 64, _MM_HINT_T0);                           \
                 _mm_prefetch((const char *)p + PREFETCH + 128, _MM_HINT_T0);                          \
                 _mm_prefetch((const char *)p + PREFETCH + 192, _MM_HINT_T0);                          \
+                for (int line = 0; line < 256; line += 64)                                            \
+                    _mm_prefetch((const char *)p + FAR_PREFETCH + line, _MM_HINT_T2);                 \
             }                                                                                         \
             __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);                    \
             __m512i w2 = _mm512_loadu_si512(p + 128), w3 = _mm512_loadu_si512(p + 192);             \
@@ -155,17 +163,27 @@ void itf_gemv_group_amx(int g, const uint8_t *xq, const float *sx, const int32_t
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
         for (int k4 = 0; k4 < K4; k4 += 16) {
             const int8_t *b = w + (size_t)k4 * 256;
-            for (int line = 0; line < 4096; line += 64)      /* the next k block's 4 KB of weights */
-                _mm_prefetch((const char *)b + AMX_PREFETCH + line, _MM_HINT_T0);
+            /* The next k block's 4 KB of weights (and the far L2 prefetch), a quarter between tile loads: 64
+               prefetches in one burst stalled on the fill buffers (1.08x per 12-row step, A/B). */
+#define AMX_PREFETCH_QUARTER(q)                                                                     \
+            for (int line = 1024 * (q); line < 1024 * (q) + 1024; line += 64) {                       \
+                _mm_prefetch((const char *)b + AMX_PREFETCH + line, _MM_HINT_T0);                     \
+                _mm_prefetch((const char *)b + FAR_PREFETCH + line, _MM_HINT_T2);                     \
+            }
             _tile_loadd(4, xq + (size_t)m0 * K + 4 * k4, K);
+            AMX_PREFETCH_QUARTER(0)
             _tile_loadd(5, b, 256);
             _tile_loadd(6, b + 64, 256);
             _tile_dpbusd(0, 4, 5);
+            AMX_PREFETCH_QUARTER(1)
             _tile_loadd(7, b + 128, 256);
             _tile_dpbusd(1, 4, 6);
+            AMX_PREFETCH_QUARTER(2)
             _tile_loadd(5, b + 192, 256);
             _tile_dpbusd(2, 4, 7);
+            AMX_PREFETCH_QUARTER(3)
             _tile_dpbusd(3, 4, 5);
+#undef AMX_PREFETCH_QUARTER
         }
         _tile_stored(0, acc[0], 64); _tile_stored(1, acc[1], 64);
         _tile_stored(2, acc[2], 64); _tile_stored(3, acc[3], 64);
@@ -201,148 +219,6 @@ int itf_gemv_s8(const float *x, int M, int K, const float *ln_w, const float *ln
         if (tiles) itf_amx_release();
     }
     free(xq); free(sx); free(zp); free(xn);
-    return 0;
-}
-
-/* ---- attention of one decode step over a bf16 KV cache ---------------------------------------------- */
-
-/* Lane k of the result = the sum of v[k]'s 16 lanes (a 16x16 transpose-and-add: 46 instructions for 16
-   dot products instead of 16 horizontal reductions). */
-static inline __m512 hsum16(const __m512 *v) {
-    __m512 a[8], b[4], c[2];
-    for (int i = 0; i < 8; i++)     /* 256-bit halves folded: [v2i(lo+hi) | v2i+1(lo+hi)] */
-        a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    for (int i = 0; i < 4; i++)     /* quad L of b[i]: 4 partial sums of v[4i + L] */
-        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    for (int i = 0; i < 2; i++)     /* quad L of c[i]: 2 partials of v[8i + L], 2 of v[8i + 4 + L] */
-        c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    /* lane 4L + m of f: the sum of v[4m + L] */
-    __m512 f = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    return _mm512_permutexvar_ps(order, f);
-}
-
-/* Vector c of a bf16 value row as fp32. With an even count of vectors, vector 2w holds the EVEN elements of
-   32w .. 32w+31 and vector 2w+1 the odd ones: one shift or one mask per 16 values instead of a widening
-   shuffle and a shift (port 5 was the attention's bottleneck); each output dimension still sums its own
-   products in the same order (the same bits), attend_row puts the dimensions back in order at the end. */
-static inline __attribute__((always_inline)) __m512 value16(const uint16_t *v, int c, int nv) {
-    if (nv % 2) return load_bf16x16(v + 16 * c);
-    __m512i x = _mm512_loadu_si512(v + 32 * (c >> 1));
-    return _mm512_castsi512_ps((c & 1) ? _mm512_and_si512(x, _mm512_set1_epi32((int)0xFFFF0000u))
-                                       : _mm512_slli_epi32(x, 16));
-}
-
-/* out (S, H·d) fp32 = softmax(scale · q·K[keys]ᵀ) · V[keys] for each row and head h: row r attends the L cache
-   positions keys[r·L .. r·L+L-1] (its prompt and its own ancestry, in cache order), or 0 .. L-1 when keys is
-   NULL. q (S, H, d) fp32, rows q_stride floats apart; K, V: the layer's (H, cap, d) bf16 cache (head stride
-   cap·d). d a multiple of 16 (<= 256). Row by row: scores of 16 keys at a time (one transpose-and-add), an
-   exact softmax, then P·V; a row reads only its own keys, so its result does not depend on the other rows
-   (or requests) of the step, and a beam costs its own history, not the whole cache. sc: L + 16 floats. */
-static inline __attribute__((always_inline)) void attend_row(const float *q, const uint16_t *Kh, const uint16_t *Vh,
-                                                             int L, const int32_t *idx, int d, const int nv,
-                                                             float scale, float *sc, float *o) {
-    __m512 qv[16];
-    for (int c = 0; c < nv; c++) qv[c] = _mm512_loadu_ps(q + 16 * c);
-    int j = 0;
-    for (; j + 16 <= L; j += 16) {          /* 16 keys: products, then one transpose-and-add */
-        __m512 prod[16];
-        for (int jj = 0; jj < 16; jj++) {
-            const uint16_t *kr = Kh + (size_t)(idx ? idx[j + jj] : j + jj) * d;
-            if (j + jj + 16 < L)   /* the gathered rows are no stream the hardware prefetcher follows */
-                for (int c = 0; c < d; c += 32)
-                    _mm_prefetch((const char *)(Kh + (size_t)(idx ? idx[j + jj + 16] : j + jj + 16) * d + c), _MM_HINT_T0);
-            prod[jj] = _mm512_mul_ps(qv[0], load_bf16x16(kr));
-            for (int c = 1; c < nv; c++) prod[jj] = _mm512_fmadd_ps(qv[c], load_bf16x16(kr + 16 * c), prod[jj]);
-        }
-        _mm512_storeu_ps(sc + j, _mm512_mul_ps(hsum16(prod), _mm512_set1_ps(scale)));
-    }
-    for (; j < L; j++) {                    /* the last < 16 keys one by one */
-        const uint16_t *kr = Kh + (size_t)(idx ? idx[j] : j) * d;
-        __m512 acc = _mm512_mul_ps(qv[0], load_bf16x16(kr));
-        for (int c = 1; c < nv; c++) acc = _mm512_fmadd_ps(qv[c], load_bf16x16(kr + 16 * c), acc);
-        sc[j] = _mm512_reduce_add_ps(acc) * scale;
-    }
-    __m512 vmx = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();   /* softmax, 16 at a time */
-    for (int k = 0; k < L; k += 16) {
-        __mmask16 m = L - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (L - k)) - 1);
-        vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, sc + k));
-    }
-    __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
-    for (int k = 0; k < L; k += 16) {
-        __mmask16 m = L - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (L - k)) - 1);
-        __m512 e = _mm512_maskz_mov_ps(m, exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + k), mx)));
-        vsum = _mm512_add_ps(vsum, e);
-        _mm512_mask_storeu_ps(sc + k, m, e);
-    }
-    __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum));
-    __m512 a0[16], a1[16];                  /* even and odd keys: two FMA chains per column block */
-    for (int c = 0; c < nv; c++) a0[c] = a1[c] = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 2 <= L; k += 2) {
-        const uint16_t *v0 = Vh + (size_t)(idx ? idx[k] : k) * d, *v1 = Vh + (size_t)(idx ? idx[k + 1] : k + 1) * d;
-        if (k + 17 < L)
-            for (int c = 0; c < d; c += 32) {
-                _mm_prefetch((const char *)(Vh + (size_t)(idx ? idx[k + 16] : k + 16) * d + c), _MM_HINT_T0);
-                _mm_prefetch((const char *)(Vh + (size_t)(idx ? idx[k + 17] : k + 17) * d + c), _MM_HINT_T0);
-            }
-        __m512 p0 = _mm512_set1_ps(sc[k]), p1 = _mm512_set1_ps(sc[k + 1]);
-        for (int c = 0; c < nv; c++) {
-            a0[c] = _mm512_fmadd_ps(p0, value16(v0, c, nv), a0[c]);
-            a1[c] = _mm512_fmadd_ps(p1, value16(v1, c, nv), a1[c]);
-        }
-    }
-    if (k < L) {
-        const uint16_t *v0 = Vh + (size_t)(idx ? idx[k] : k) * d;
-        __m512 p0 = _mm512_set1_ps(sc[k]);
-        for (int c = 0; c < nv; c++) a0[c] = _mm512_fmadd_ps(p0, value16(v0, c, nv), a0[c]);
-    }
-    if (nv % 2) {
-        for (int c = 0; c < nv; c++) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(_mm512_add_ps(a0[c], a1[c]), inv));
-        return;
-    }
-    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-    for (int c = 0; c < nv; c += 2) {     /* even and odd dimensions back in order */
-        __m512 even = _mm512_mul_ps(_mm512_add_ps(a0[c], a1[c]), inv);
-        __m512 odd = _mm512_mul_ps(_mm512_add_ps(a0[c + 1], a1[c + 1]), inv);
-        _mm512_storeu_ps(o + 16 * c, _mm512_permutex2var_ps(even, lo, odd));
-        _mm512_storeu_ps(o + 16 * c + 16, _mm512_permutex2var_ps(even, hi, odd));
-    }
-}
-
-void itf_attend_head(int h, const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride,
-                     int L, const int32_t *keys, int S, int H, int d, float scale, float *sc, float *out) {
-    const uint16_t *Kh = K + (size_t)h * head_stride, *Vh = V + (size_t)h * head_stride;
-    for (int r = 0; r < S; r++) {
-        const int32_t *idx = keys ? keys + (size_t)r * L : NULL;
-        const float *qr = q + (size_t)r * q_stride + (size_t)h * d;
-        float *o = out + ((size_t)r * H + h) * d;
-        switch (d / 16) {   /* the head width as a constant: accumulators in registers */
-            case 4: attend_row(qr, Kh, Vh, L, idx, d, 4, scale, sc, o); break;
-            case 8: attend_row(qr, Kh, Vh, L, idx, d, 8, scale, sc, o); break;
-            case 2: attend_row(qr, Kh, Vh, L, idx, d, 2, scale, sc, o); break;
-            case 1: attend_row(qr, Kh, Vh, L, idx, d, 1, scale, sc, o); break;
-            default: attend_row(qr, Kh, Vh, L, idx, d, d / 16, scale, sc, o); break;
-        }
-    }
-}
-
-/* All heads, in parallel (keys as itf_attend_head's). Returns 0, -1 when scratch memory is not available, -2
-   for an unsupported shape. */
-int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride, int L,
-                    const int32_t *keys, int S, int H, int d, float scale, float *out) {
-    if (d % 16 || d > 256 || S < 1 || L < 1) return -2;
-    float *scores = (float *)malloc(sizeof(float) * (size_t)H * (L + 16));
-    if (!scores) return -1;
-    #pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; h++)
-        itf_attend_head(h, q, q_stride, K, V, head_stride, L, keys, S, H, d, scale, scores + (size_t)h * (L + 16), out);
-    free(scores);
     return 0;
 }
 
