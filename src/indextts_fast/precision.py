@@ -43,7 +43,7 @@ from .int8gemm import onednn_prepack, quantize_activations, quantize_int8
 from .kernels import ops
 from .plan import STAGE_CHOICES, STAGES, PrecisionPlan  # noqa: F401  (STAGES re-exported)
 
-AMX_ROWS = 8     # int8 products of this many rows or more on AMX tiles (fewer: VPDPBUSD is as fast or faster,
+AMX_ROWS = 5     # int8 products of this many rows or more on AMX tiles (fewer: VPDPBUSD is as fast or faster,
 #                  `python -m indextts_fast.kernels`; kernels/gpt_step.c has the same threshold)
 GEMV_ROWS = 64  # the row-wise decode kernels serve up to this many rows (the beams of every request in a batched
 #                decode step: a row's result must not depend on how many rows share the call); more rows: a GEMM

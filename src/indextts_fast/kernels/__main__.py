@@ -29,7 +29,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--frames", type=int, default=611, help="DiT attention length T (default 611)")
-    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 12], help="rows per product (default 1 2 3 4 12)")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 12],
+                   help="rows per product (default 1 2 3 4 5 6 12)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if load() is None:

@@ -26,7 +26,7 @@ typedef struct {                 /* what the rows of one product share: quantise
 } quantised_t;
 
 /* AMX from this many rows (fewer: VPDPBUSD is as fast or faster, `python -m indextts_fast.kernels`); the same bits. */
-#define AMX_ROWS 8
+#define AMX_ROWS 5
 
 static void product(const quantised_t *in, int S, int K, const itf_block_t *b, int i, int N, const float *residual,
                     int gelu, float *y, int amx) {
