@@ -86,7 +86,8 @@ static inline __attribute__((always_inline)) void score_blocks(const float *cons
         for (int jj = 0; jj < 16; jj++) {
             const uint16_t *kr = key_row(Kh, idx, j + jj, d);
             if (j + jj + 16 < L)   /* the gathered rows are no stream the hardware prefetcher follows */
-                for (int c = 0; c < d; c += 32) _mm_prefetch((const char *)(key_row(Kh, idx, j + jj + 16, d) + c), _MM_HINT_T0);
+                for (int c = 0; c < d; c += 32)
+                    _mm_prefetch((const char *)(key_row(Kh, idx, j + jj + 16, d) + c), _MM_HINT_T0);
             __m512 kv[16];
             for (int c = 0; c < nv; c++) kv[c] = load_bf16x16(kr + 16 * c);
             for (int r = 0; r < rb; r++) {
@@ -100,7 +101,8 @@ static inline __attribute__((always_inline)) void score_blocks(const float *cons
 
 /* One row's keys j0 .. L-1 (j0 a multiple of 16): whole blocks, then the last < 16 keys one by one. */
 static inline __attribute__((always_inline)) void score_rest(const float *q, const uint16_t *Kh, const int32_t *idx,
-                                                             int j0, int L, int d, const int nv, float scale, float *sc) {
+                                                             int j0, int L, int d, const int nv, float scale,
+                                                             float *sc) {
     int j1 = j0 + (L - j0) / 16 * 16;
     score_blocks((const float *const *)&q, 1, Kh, idx, j0, j1, L, d, nv, scale, (float *const *)&sc);
     for (int j = j1; j < L; j++) {
