@@ -212,7 +212,7 @@ def test_decode_attention_matches_sdpa(rows, heads, d, n):
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows,d", [(2, 64), (3, 64), (4, 32), (5, 16), (7, 128)])
+@pytest.mark.parametrize("rows,d", [(2, 64), (3, 64), (3, 48), (4, 32), (5, 16), (7, 128)])
 @pytest.mark.parametrize("common", [0, 15, 16, 17, 50, 69, 70])
 def test_decode_attention_of_beams_sharing_keys_is_each_row_alone(rows, d, common):
     """Beams list the same leading keys (prompt, shared ancestry), then their own: the kernel takes up to three
