@@ -11,7 +11,7 @@ full one (every source, for AVX-512 VNNI CPUs), so that avx2.c's kernels exist o
   torch's own generator state, the log taken only where the probability is positive (sampling.multinomial);
   each row's k largest scores when they are unique (sampling._top_k_top_p).
 
-`native.c`, `gpt_step.c` and `attention.c` (AVX-512, the full library only):
+`native.c`, `gpt_step.c`, `decode_attention.c` and `attention.c` (AVX-512, the full library only):
 - `itf_gemv_s8`: the int8 GEMV of the GPT decode step (any rows; per-row quantisation): activations quantised per row to uint8
   (with a zero point) on the fly, int8 weights packed for AVX-512 VNNI (`vpdpbusd`), fp32 out with scale
   and bias applied, optionally a LayerNorm fused before and GELU or a residual add after. It streams each
@@ -20,8 +20,9 @@ full one (every source, for AVX-512 VNNI CPUs), so that avx2.c's kernels exist o
 - `itf_gpt_step` (gpt_step.c): a whole int8 GPT-2 decode step (every block: the GEMVs above around the
   attention below, new keys/values written to the bf16 cache) in one call and one parallel region, for the
   rows of one or several requests (a batched step: products on all rows, attention per request's cache).
-- `itf_attend_bf16`: one decode step's attention over a bf16 KV cache (S query rows, each over its own key list),
-  a row reading only its own prompt and ancestry (its result the same whatever the other rows).
+- `itf_attend_bf16` (decode_attention.c): one decode step's attention over a bf16 KV cache (S query rows, each
+  over its own key list), a row reading only its own prompt and ancestry (its result the same whatever the
+  other rows); the beams of a request are taken together over the keys they all list (the same bits).
 - `itf_adaln_rms_bf16`, `itf_rope_bf16`, `itf_silu_mul_bf16`, `itf_wavenet_gate_bf16`: the elementwise
   chains of a bf16 DiT step (AdaLN-RMS norm + modulation, rotary embedding from the strided q|k, SwiGLU
   gate, WaveNet tanh·sigmoid gate), one pass each.
@@ -58,7 +59,8 @@ from typing import Optional
 
 from ..cpu import cpuinfo, detect  # noqa: F401  (cpuinfo re-exported: mkl_vendor, benches)
 
-SOURCES = ("native.c", "gpt_step.c", "decode_attention.c", "attention.c", "avx2.c", "sampling.c", "simd.h", "kernels.h")   # the .c files: one library
+SOURCES = ("native.c", "gpt_step.c", "decode_attention.c", "attention.c", "avx2.c", "sampling.c", "simd.h",
+           "kernels.h")   # the .c files: one library
 FLAGS = ["-O3", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
 PORTABLE_SOURCES = ("avx2.c", "sampling.c", "kernels.h")     # the AVX2 + FMA tier's library
 PORTABLE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]

@@ -3,7 +3,8 @@
 N GPT-2 layers of width D (random weights, larger than the CPU caches at the defaults: 24 x 1280, the
 full-size IndexTTS2 GPT), per row count (12 = 4 requests of 3 beams in one batched step), in one run: ms per
 sweep and the weight bytes read per second. Then the GPT's decode attention over a bf16 KV cache as a batched step
-of 4 requests x 3 beams meets it (24 layers x 4 requests, 20 heads of 64, a 50-position prompt + 60 codes per beam),
+of 4 requests x 3 beams meets it (24 layers x 4 requests, 20 heads of 64, a 50-position prompt + 60 codes per beam,
+the beams sharing all but their last 4 ancestors),
 with every layer's cache its own (read from DRAM, as after the step's weight stream) and with one cache reused
 (cache-resident). Then, where the CPU has AMX or AVX512-BF16, the DiT's bf16 attention (CFG
 batch of 2, 8 heads of 64, T frames; default 611 = a 4.1 s prompt + 150 codes): our kernel against
@@ -79,8 +80,12 @@ def _decode_attention_rows(repeat: int) -> list[dict]:
     caches = [(torch.randn(heads, cap, d, generator=g).bfloat16(), torch.randn(heads, cap, d, generator=g).bfloat16())
               for _ in range(calls)]
     qkv = torch.randn(beams, 3 * heads * d, generator=g)
-    keys = torch.cat([torch.arange(prompt).expand(beams, -1),       # the prompt, then each beam's own slots
-                      prompt + torch.arange(steps)[None] * beams + torch.arange(beams)[:, None]], 1).int().contiguous()
+    # the prompt, the ancestry every beam shares (beam 0's slots), then each beam's own last `split` slots (as in
+    # a real search: at step 75 of 3 beams, 135 distinct positions for 3 x 131 keys)
+    split = 4
+    shared = prompt + torch.arange(steps - split) * beams
+    own = prompt + torch.arange(steps - split, steps)[None] * beams + torch.arange(beams)[:, None]
+    keys = torch.cat([torch.arange(prompt).expand(beams, -1), shared.expand(beams, -1), own], 1).int().contiguous()
     rows = []
     for name, used in (("one per layer (DRAM)", caches), ("one reused (cached)", caches[:1] * calls)):
         times = []

@@ -218,12 +218,12 @@ static void attend_rows_nv(const float *const *q, int rb, const uint16_t *Kh, co
     }
 }
 
-/* Head h of every row, GROUP_ROWS rows at a time. sc: scratch of min(S, GROUP_ROWS) · (L + 16) floats. */
+/* Head h of every row, GROUP_ROWS rows at a time. sc: scratch of itf_score_rows(S) · (L + 16) floats. */
 void itf_attend_head(int h, const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride,
                      int L, const int32_t *keys, int S, int H, int d, float scale, float *sc, float *out) {
     const uint16_t *Kh = K + (size_t)h * head_stride, *Vh = V + (size_t)h * head_stride;
     for (int r0 = 0; r0 < S; r0 += GROUP_ROWS) {
-        int rb = S - r0 < GROUP_ROWS ? S - r0 : GROUP_ROWS;
+        int rb = itf_score_rows(S - r0);
         const int32_t *idx = keys ? keys + (size_t)r0 * L : NULL;
         int common = common_keys(idx, rb, L);
         const float *qr[GROUP_ROWS];
@@ -248,7 +248,7 @@ void itf_attend_head(int h, const float *q, long q_stride, const uint16_t *K, co
 int itf_attend_bf16(const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride, int L,
                     const int32_t *keys, int S, int H, int d, float scale, float *out) {
     if (d % 16 || d > 256 || S < 1 || L < 1) return -2;
-    size_t per_head = (size_t)(S < GROUP_ROWS ? S : GROUP_ROWS) * (L + 16);
+    size_t per_head = (size_t)itf_score_rows(S) * (L + 16);
     float *scores = (float *)malloc(sizeof(float) * (size_t)H * per_head);
     if (!scores) return -1;
     #pragma omp parallel for schedule(static)

@@ -120,8 +120,7 @@ int itf_gpt_step(float *x, int S, int D, int L, const itf_block_t *blocks, float
                     }
                 int n = groups[g].nkeys;
                 itf_attend_head(hh, qkv + (size_t)r0 * 3 * D, 3 * D, kl, vl, hs, n, groups[g].keys, R, H, d, scale,
-                                scores + at[g] + (size_t)hh * (R < ITF_GROUP_ROWS ? R : ITF_GROUP_ROWS) * (n + 16),
-                                a + (size_t)r0 * D);
+                                scores + at[g] + (size_t)hh * itf_score_rows(R) * (n + 16), a + (size_t)r0 * D);
             }
             ln_quantize(a, S, D, Dp, NULL, NULL, 0.f, NULL, &in);
             product(&in, S, D, b, 1, D, x, 0, x, amx);

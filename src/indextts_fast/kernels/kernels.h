@@ -14,8 +14,9 @@ typedef struct { const float *bias, *residual; int gelu; } epilogue_t;
 typedef struct { int rows, lo; void *k, *v; long layer_stride, head_stride; const int32_t *keys; int nkeys; } itf_group_t;
 #include <stddef.h>
 /* Rows of a request that the decode attention takes together (decode_attention.c): its score scratch is
-   min(rows, ITF_GROUP_ROWS) · (nkeys + pad) floats per head. */
+   itf_score_rows(rows) · (nkeys + pad) floats per head. */
 #define ITF_GROUP_ROWS 3
+static inline int itf_score_rows(int rows) { return rows < ITF_GROUP_ROWS ? rows : ITF_GROUP_ROWS; }
 long itf_groups_layout(const itf_group_t *groups, int G, int S, int H, int pad, int *first, size_t *at);   /* avx2.c */
 
 void itf_layer_norm_rows(const float *x, int M, int K, const float *w, const float *b, float eps, float *out);
@@ -29,7 +30,7 @@ void itf_amx_release(void);
    blocks of 16 (xq must hold whole blocks: rows past M are read, their results dropped), K % 64 == 0. */
 void itf_gemv_group_amx(int g, const uint8_t *xq, const float *sx, const int32_t *zp, int M, int K, const int8_t *wp,
                         const int32_t *wsum, const float *ws, int N, const epilogue_t *ep, float *y);
-/* decode_attention.c: head h of a decode step's attention (sc: min(S, ITF_GROUP_ROWS) · (L + 16) floats). */
+/* decode_attention.c: head h of a decode step's attention (sc: itf_score_rows(S) · (L + 16) floats). */
 void itf_attend_head(int h, const float *q, long q_stride, const uint16_t *K, const uint16_t *V, long head_stride,
                      int L, const int32_t *keys, int S, int H, int d, float scale, float *sc, float *out);
 #endif

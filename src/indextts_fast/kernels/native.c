@@ -101,8 +101,8 @@ static inline void store16(__m512i acc, int n0, int m, int N, const int32_t *wsu
 #endif
 #ifndef FAR_PREFETCH
 /* Bytes ahead for a second, L2 prefetch (T2) of the weight stream: an L1 prefetch that misses holds one of the
-   core's few fill buffers for a whole DRAM round trip; one that finds the line in L2 does not. 1.04-1.14x
-   per step (3 rows, VNNI; 12 rows, AMX) in alternated A/B runs; any distance from 8 to 64 KB did as well. */
+   core's few fill buffers for a whole DRAM round trip; one that finds the line in L2 does not (any distance
+   from 8 to 64 KB did as well; the A/B figures are in issue 15's notes). */
 #define FAR_PREFETCH 16384
 #endif
 #define GROUP_LOOP(PF, STEPS)                                                                             \
@@ -164,7 +164,7 @@ void itf_gemv_group_amx(int g, const uint8_t *xq, const float *sx, const int32_t
         for (int k4 = 0; k4 < K4; k4 += 16) {
             const int8_t *b = w + (size_t)k4 * 256;
             /* The next k block's 4 KB of weights (and the far L2 prefetch), a quarter between tile loads: 64
-               prefetches in one burst stalled on the fill buffers (1.08x per 12-row step, A/B). */
+               prefetches in one burst stalled on the fill buffers. */
 #define AMX_PREFETCH_QUARTER(q)                                                                     \
             for (int line = 1024 * (q); line < 1024 * (q) + 1024; line += 64) {                       \
                 _mm_prefetch((const char *)b + AMX_PREFETCH + line, _MM_HINT_T0);                     \

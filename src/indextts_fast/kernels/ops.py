@@ -234,8 +234,8 @@ def aa_snake_tm_bf16(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tenso
 
 def attend_bf16(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_keys: int, keys: Optional[torch.Tensor],
                 heads: int, head_dim: int) -> Optional[torch.Tensor]:
-    """One decode step's attention (kernels/decode_attention.c): the S query rows of fp32 qkv (S, ≥D) over one layer's bf16
-    cache k, v (H, cap, d), row r attending the positions keys[r] ((S, n_keys) int32), or 0 .. n_keys-1 when
+    """One decode step's attention (kernels/decode_attention.c): the S query rows of fp32 qkv (S, ≥D) over one
+    layer's bf16 cache k, v (H, cap, d), row r attending the positions keys[r] ((S, n_keys) int32), or 0 .. n_keys-1 when
     keys is None -> (S, H·d) fp32. None where the kernel does not take it."""
     lib = _full()
     s = qkv.shape[0]
